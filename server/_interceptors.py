@@ -1,0 +1,150 @@
+"""Server interceptors: authentication first, then request logging and latency metrics.
+
+Ingest RPCs arrive thousands of times a second, so their successful calls are logged at
+debug level; admin RPCs and every failure are logged at info/warning.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from server._auth import METHOD_ROLES, Principal, Role, TokenRegistry
+from server._errors import ApiError, Reason
+from server._metrics import RPC_LATENCY
+
+_log = structlog.get_logger("server.rpc")
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+def _metadata(details: grpc.HandlerCallDetails, key: str) -> str | None:
+    for item in details.invocation_metadata or ():
+        if item.key == key:
+            value = item.value
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+def _rejecting_handler(streaming: bool, error: ApiError) -> grpc.RpcMethodHandler:
+    async def reject_unary(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort_with_status(error.to_status())
+
+    async def reject_stream(
+        _requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        await context.abort_with_status(error.to_status())
+        yield  # pragma: no cover - makes this an async generator
+
+    if streaming:
+        return grpc.stream_stream_rpc_method_handler(reject_stream)
+    return grpc.unary_unary_rpc_method_handler(reject_unary)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc-stubs types it as Any
+    """Requires ``authorization: Bearer <token>`` with the role the method needs."""
+
+    def __init__(self, registry: TokenRegistry) -> None:
+        self._registry = registry
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        role = METHOD_ROLES.get(details.method)
+        if role is None:
+            return await continuation(details)
+        streaming = details.method.endswith("/StreamClicks")
+        principal: Principal | None = self._registry.authenticate(_metadata(details, "authorization"))
+        if principal is None:
+            return _rejecting_handler(
+                streaming,
+                ApiError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing or unknown bearer token",
+                    Reason.UNAUTHENTICATED,
+                ),
+            )
+        if role not in principal.roles:
+            return _rejecting_handler(
+                streaming,
+                ApiError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"token {principal.name!r} lacks the {role.value!r} role",
+                    Reason.PERMISSION_DENIED,
+                    metadata={"required_role": role.value},
+                ),
+            )
+        return await continuation(details)
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # see above
+    """Binds a request id to every log line of a call, logs its outcome, times it."""
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        short = method.rsplit("/", 1)[-1]
+        request_id = _metadata(details, "x-request-id") or uuid.uuid4().hex[:16]
+        quiet = METHOD_ROLES.get(method) is Role.INGEST or not method.startswith("/elido.")
+
+        def finish(context: grpc.aio.ServicerContext[Any, Any], started: float, exc: BaseException | None) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            code_name = (
+                code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if exc else "OK")
+            )
+            elapsed = time.perf_counter() - started
+            RPC_LATENCY.labels(short, code_name).observe(elapsed)
+            log = _log.bind(method=short, code=code_name, request_id=request_id,
+                            duration_ms=round(elapsed * 1000, 2))
+            if code_name != "OK":
+                log.warning("rpc finished")
+            elif not quiet:
+                log.info("rpc finished")
+            else:
+                log.debug("rpc finished")
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                started = time.perf_counter()
+                structlog.contextvars.bind_contextvars(request_id=request_id)
+                exc: BaseException | None = None
+                try:
+                    return await inner(request, context)
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    finish(context, started, exc)
+                    structlog.contextvars.unbind_contextvars("request_id")
+
+            return handler._replace(unary_unary=unary)  # type: ignore[attr-defined, no-any-return]  # RpcMethodHandler is a namedtuple at runtime
+        if handler.stream_stream is not None:
+            inner_stream = handler.stream_stream
+
+            async def stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                structlog.contextvars.bind_contextvars(request_id=request_id)
+                exc: BaseException | None = None
+                try:
+                    async for response in inner_stream(requests, context):
+                        yield response
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    finish(context, started, exc)
+                    structlog.contextvars.unbind_contextvars("request_id")
+
+            return handler._replace(stream_stream=stream)  # type: ignore[attr-defined, no-any-return]  # see above
+        return handler

@@ -1,0 +1,323 @@
+"""The ForwarderService servicer: request validation, then the store and the key vault."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final, Protocol
+
+import grpc
+import structlog
+
+from elido.forwarder.v1 import forwarder_pb2 as pb
+from elido.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
+from server._errors import ApiError, Reason, Violation, abort, invalid_argument, not_found, vault_unavailable
+from server._metrics import INTAKE
+from server._secret import PrivateKey
+from server.api import _admin_requests as admin
+from server.api._convert import (
+    CLICK_DISPOSITION,
+    CONVERSION_DISPOSITION,
+    failed_event_message,
+    integration_message,
+)
+from server.intake._validation import validate_click, validate_conversion
+from server.store import Store
+from server.store._records import ClickOutcome, ConversionOutcome, NewClick
+from server.vault import KeyDestroyed, KeyVault, VaultDenied, VaultUnavailable
+
+_log = structlog.get_logger(__name__)
+
+MAX_BATCH: Final = 1000
+# Batches of one stream whose commits may be in flight at once; acks still go out in order.
+STREAM_PIPELINE_DEPTH: Final = 8
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class DeliveryWakeup(Protocol):
+    """Told when events were queued, so delivery starts without waiting for a poll."""
+
+    def notify(self, workspace_ids: set[str]) -> None:
+        """Events of these workspaces became due."""
+
+
+class _Batch:
+    """A StreamClicks batch whose valid clicks are being committed."""
+
+    __slots__ = ("batch_id", "commit", "results", "slots", "workspaces")
+
+    def __init__(self, batch_id: int, results: list[pb.ClickResult], slots: list[int],
+                 workspaces: list[str], commit: asyncio.Future[list[ClickOutcome]] | None) -> None:
+        self.batch_id = batch_id
+        self.results = results
+        # Where each committed click's result goes, and its workspace.
+        self.slots = slots
+        self.workspaces = workspaces
+        self.commit = commit
+
+
+def _handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn :class:`ApiError` (and vault failures) into rich statuses for unary RPCs."""
+
+    async def wrapper(self: ForwarderService, request: Any, context: Context) -> Any:
+        try:
+            return await fn(self, request, context)
+        except ApiError as error:
+            await abort(context, error)
+        except VaultUnavailable:
+            await abort(context, vault_unavailable())
+        except VaultDenied:
+            await abort(context, ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                                          "the key vault denied the forwarder's request; check its policy",
+                                          Reason.VAULT_DENIED))
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+class ForwarderService(pb_grpc.ForwarderServiceServicer):
+    """Implements elido.forwarder.v1.ForwarderService."""
+
+    def __init__(self, store: Store, vault: KeyVault, wakeup: DeliveryWakeup) -> None:
+        self._store = store
+        self._vault = vault
+        self._wakeup = wakeup
+
+    # -- integrations ------------------------------------------------------------------
+    async def _integration(self, workspace_id: str) -> pb.Integration:
+        record = await self._store.get_integration(workspace_id)
+        if record is None:
+            raise not_found(workspace_id)
+        return integration_message(record, await self._store.delivery_counters(workspace_id))
+
+    @_handles_errors
+    async def RegisterIntegration(  # noqa: N802 - gRPC method names are PascalCase
+        self, request: pb.RegisterIntegrationRequest, context: Context
+    ) -> pb.RegisterIntegrationResponse:
+        settings = admin.validate_register(request)
+        key = PrivateKey(request.private_key)
+        encrypted = await self._vault.encrypt(request.workspace_id, key)
+        record, replaced = await self._store.upsert_integration(
+            request.workspace_id, encrypted.ciphertext, key.fingerprint, encrypted.key_version,
+            settings, time.time(),
+        )
+        self._vault.forget(request.workspace_id)
+        self._wakeup.notify({request.workspace_id})
+        _log.info("integration registered", workspace_id=request.workspace_id,
+                  key_fingerprint=key.fingerprint, replaced=replaced)
+        counters = await self._store.delivery_counters(request.workspace_id)
+        return pb.RegisterIntegrationResponse(integration=integration_message(record, counters),
+                                              replaced=replaced)
+
+    @_handles_errors
+    async def RemoveIntegration(  # noqa: N802
+        self, request: pb.RemoveIntegrationRequest, context: Context
+    ) -> pb.RemoveIntegrationResponse:
+        admin.require_workspace_id(request.workspace_id)
+        if await self._store.get_integration(request.workspace_id) is None:
+            raise not_found(request.workspace_id)
+        # Shred first: if Vault is down nothing changes and the caller retries; the other
+        # order could leave a deleted integration whose key still decrypts from a backup.
+        await self._vault.destroy(request.workspace_id)
+        dropped = await self._store.delete_integration(request.workspace_id)
+        if dropped is None:
+            raise not_found(request.workspace_id)
+        _log.info("integration removed", workspace_id=request.workspace_id, dropped_events=dropped)
+        return pb.RemoveIntegrationResponse(dropped_event_count=dropped)
+
+    @_handles_errors
+    async def GetIntegration(  # noqa: N802
+        self, request: pb.GetIntegrationRequest, context: Context
+    ) -> pb.GetIntegrationResponse:
+        admin.require_workspace_id(request.workspace_id)
+        return pb.GetIntegrationResponse(integration=await self._integration(request.workspace_id))
+
+    @_handles_errors
+    async def ListIntegrations(  # noqa: N802
+        self, request: pb.ListIntegrationsRequest, context: Context
+    ) -> pb.ListIntegrationsResponse:
+        size = admin.page_size(request.page_size)
+        after = admin.decode_page_token(request.page_token)
+        records = await self._store.list_integrations(after, size + 1)
+        page = records[:size]
+        response = pb.ListIntegrationsResponse()
+        for record in page:
+            counters = await self._store.delivery_counters(record.workspace_id)
+            response.integrations.append(integration_message(record, counters))
+        if len(records) > size:
+            response.next_page_token = admin.encode_page_token(page[-1].workspace_id)
+        return response
+
+    @_handles_errors
+    async def RewrapKeys(  # noqa: N802
+        self, request: pb.RewrapKeysRequest, context: Context
+    ) -> pb.RewrapKeysResponse:
+        if request.workspace_id:
+            admin.require_workspace_id(request.workspace_id)
+            record = await self._store.get_integration(request.workspace_id)
+            if record is None:
+                raise not_found(request.workspace_id)
+            records = [record]
+        else:
+            records, after = [], ""
+            while page := await self._store.list_integrations(after, 500):
+                records.extend(page)
+                after = page[-1].workspace_id
+        rewrapped = unchanged = 0
+        for record in records:
+            try:
+                new = await self._vault.rewrap(record.workspace_id, record.ciphertext)
+            except KeyDestroyed:
+                _log.warning("rewrap skipped: transit key gone", workspace_id=record.workspace_id)
+                continue
+            if new.key_version > record.key_version and await self._store.replace_ciphertext(
+                record.workspace_id, record.ciphertext, new.ciphertext, new.key_version, time.time()
+            ):
+                rewrapped += 1
+            else:
+                unchanged += 1
+        _log.info("keys rewrapped", rewrapped=rewrapped, unchanged=unchanged)
+        return pb.RewrapKeysResponse(rewrapped_count=rewrapped, unchanged_count=unchanged)
+
+    # -- intake --------------------------------------------------------------------------
+    @_handles_errors
+    async def ForwardClick(  # noqa: N802
+        self, request: pb.ForwardClickRequest, context: Context
+    ) -> pb.ForwardClickResponse:
+        if not request.HasField("click"):
+            raise invalid_argument([Violation("click", "required")])
+        click = validate_click(request.click, "click", self._store.settings_for)
+        if isinstance(click, list):
+            raise invalid_argument(click, "click")
+        (outcome,) = await self._store.take_clicks([click], time.time())
+        INTAKE.labels("click", outcome.value).inc()
+        if outcome is ClickOutcome.QUEUED:
+            self._wakeup.notify({click.workspace_id})
+        return pb.ForwardClickResponse(disposition=CLICK_DISPOSITION[outcome])
+
+    def _start_batch(self, request: pb.StreamClicksRequest, previous_id: int) -> _Batch:
+        problems: list[Violation] = []
+        if request.batch_id == 0:
+            problems.append(Violation("batch_id", "required (nonzero)"))
+        elif request.batch_id <= previous_id:
+            problems.append(Violation("batch_id", f"must increase within a stream (previous {previous_id})"))
+        if not request.clicks:
+            problems.append(Violation("clicks", "a batch needs at least one click"))
+        elif len(request.clicks) > MAX_BATCH:
+            problems.append(Violation("clicks", f"at most {MAX_BATCH} clicks per batch"))
+        if problems:
+            raise invalid_argument(problems, "batch")
+        results: list[pb.ClickResult] = []
+        valid: list[NewClick] = []
+        slots: list[int] = []
+        for i, click in enumerate(request.clicks):
+            checked = validate_click(click, f"clicks[{i}]", self._store.settings_for)
+            if isinstance(checked, list):
+                results.append(pb.ClickResult(
+                    click_id=click.click_id, disposition=pb.CLICK_DISPOSITION_REJECTED,
+                    field_violations=[pb.FieldViolation(field=v.field, description=v.description) for v in checked],
+                ))
+            else:
+                results.append(pb.ClickResult(click_id=click.click_id))
+                valid.append(checked)
+                slots.append(i)
+        commit = asyncio.ensure_future(self._store.take_clicks(valid, time.time())) if valid else None
+        return _Batch(request.batch_id, results, slots, [c.workspace_id for c in valid], commit)
+
+    async def _finish_batch(self, batch: _Batch) -> pb.StreamClicksResponse:
+        tally: Counter[str] = Counter()
+        if batch.commit is not None:
+            outcomes = await batch.commit
+            queued: set[str] = set()
+            for slot, workspace_id, outcome in zip(batch.slots, batch.workspaces, outcomes, strict=True):
+                batch.results[slot].disposition = CLICK_DISPOSITION[outcome]
+                tally[outcome.value] += 1
+                if outcome is ClickOutcome.QUEUED:
+                    queued.add(workspace_id)
+            if queued:
+                self._wakeup.notify(queued)
+        rejected = len(batch.results) - len(batch.slots)
+        if rejected:
+            tally["rejected"] += rejected
+        for disposition, n in tally.items():
+            INTAKE.labels("click", disposition).inc(n)
+        return pb.StreamClicksResponse(batch_id=batch.batch_id, results=batch.results)
+
+    async def StreamClicks(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.StreamClicksRequest], context: Context
+    ) -> AsyncIterator[pb.StreamClicksResponse]:
+        pending: asyncio.Queue[_Batch | ApiError | None] = asyncio.Queue(STREAM_PIPELINE_DEPTH)
+
+        async def read() -> None:
+            previous = 0
+            try:
+                async for request in request_iterator:
+                    batch = self._start_batch(request, previous)
+                    previous = request.batch_id
+                    await pending.put(batch)
+            except ApiError as error:
+                await pending.put(error)
+                return
+            await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await pending.get()) is not None:
+                if isinstance(item, ApiError):
+                    await abort(context, item)
+                yield await self._finish_batch(item)
+        finally:
+            reader.cancel()
+
+    @_handles_errors
+    async def ForwardConversion(  # noqa: N802
+        self, request: pb.ForwardConversionRequest, context: Context
+    ) -> pb.ForwardConversionResponse:
+        if not request.HasField("conversion"):
+            raise invalid_argument([Violation("conversion", "required")])
+        conversion = validate_conversion(request.conversion, "conversion")
+        if isinstance(conversion, list):
+            raise invalid_argument(conversion, "conversion")
+        outcome = await self._store.take_conversion(conversion, time.time())
+        INTAKE.labels("conversion", outcome.value).inc()
+        if outcome is ConversionOutcome.QUEUED:
+            self._wakeup.notify({conversion.workspace_id})
+        return pb.ForwardConversionResponse(disposition=CONVERSION_DISPOSITION[outcome])
+
+    # -- failed events -------------------------------------------------------------------
+    @_handles_errors
+    async def ListFailedEvents(  # noqa: N802
+        self, request: pb.ListFailedEventsRequest, context: Context
+    ) -> pb.ListFailedEventsResponse:
+        admin.require_workspace_id(request.workspace_id)
+        size = admin.page_size(request.page_size)
+        cursor = admin.decode_page_token(request.page_token)
+        if cursor and not cursor.isdigit():
+            raise invalid_argument([Violation("page_token", "is not a token from a previous response")])
+        if await self._store.get_integration(request.workspace_id) is None:
+            raise not_found(request.workspace_id)
+        records = await self._store.list_failed(request.workspace_id, int(cursor or 0), size + 1)
+        response = pb.ListFailedEventsResponse(
+            failed_events=[failed_event_message(r) for r in records[:size]]
+        )
+        if len(records) > size:
+            response.next_page_token = admin.encode_page_token(str(records[size - 1].event_id))
+        return response
+
+    @_handles_errors
+    async def ReplayFailedEvents(  # noqa: N802
+        self, request: pb.ReplayFailedEventsRequest, context: Context
+    ) -> pb.ReplayFailedEventsResponse:
+        admin.require_workspace_id(request.workspace_id)
+        ids = admin.event_ids(list(request.event_ids), request.all)
+        if await self._store.get_integration(request.workspace_id) is None:
+            raise not_found(request.workspace_id)
+        replayed = await self._store.replay_failed(request.workspace_id, ids, time.time())
+        if replayed:
+            self._wakeup.notify({request.workspace_id})
+        _log.info("failed events replayed", workspace_id=request.workspace_id, count=replayed)
+        return pb.ReplayFailedEventsResponse(replayed_count=replayed)

@@ -1,0 +1,230 @@
+"""Validation of clicks and conversions: every bad field named, nothing half-taken.
+
+Limits are Klaviyo's stricter documented ones (<= 300 properties, <= 100 kB per string,
+<= 4000 array items, <= 10 levels of nesting, timestamps from 2000 to now + 1 year), so an
+event we accept is one Klaviyo accepts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from google.protobuf import json_format, timestamp_pb2
+
+from elido.forwarder.v1 import forwarder_pb2 as pb
+from server._errors import Violation
+from server.intake._identifiers import (
+    KX_PATTERN,
+    PHONE_PATTERN,
+    UTM_KEY_PATTERN,
+    facts_from_url,
+    is_email,
+)
+from server.store._records import Identifiers, IntegrationSettings, NewClick, NewConversion
+
+WORKSPACE_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+EVENT_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+CURRENCY: Final = re.compile(r"[A-Z]{3}")
+MIN_TIME: Final = 946684800.0  # 2000-01-01T00:00:00Z
+MAX_AHEAD_S: Final = 365 * 86400.0
+MAX_URL: Final = 8192
+MAX_USER_AGENT: Final = 1024
+MAX_REFERRER: Final = 2048
+MAX_LINK_ID: Final = 256
+MAX_EXTERNAL_ID: Final = 256
+MAX_UTM: Final = 32
+MAX_UTM_VALUE: Final = 1024
+MAX_PROPERTIES: Final = 290  # Klaviyo's 300, less the properties the forwarder adds itself.
+MAX_STRING_BYTES: Final = 100_000
+MAX_ARRAY: Final = 4000
+MAX_DEPTH: Final = 10
+
+SettingsLookup = Callable[[str], IntegrationSettings | None]
+
+
+def check_workspace_id(value: str, field: str, out: list[Violation]) -> None:
+    """Append a violation unless ``value`` is a well-formed workspace id."""
+    if not value:
+        out.append(Violation(field, "required"))
+    elif WORKSPACE_ID.fullmatch(value) is None:
+        out.append(Violation(field, "must be 1-64 characters of A-Z a-z 0-9 _ . -"))
+
+
+def _check_event_id(value: str, field: str, out: list[Violation]) -> None:
+    if not value:
+        out.append(Violation(field, "required"))
+    elif EVENT_ID.fullmatch(value) is None:
+        out.append(Violation(field, "must be 1-128 characters of A-Z a-z 0-9 _ . : -"))
+
+
+def _check_time(ts: timestamp_pb2.Timestamp, field: str, now: float, out: list[Violation]) -> float:
+    if not 0 <= ts.nanos < 1_000_000_000:
+        out.append(Violation(field, "nanos must be within [0, 1e9)"))
+        return 0.0
+    seconds = ts.seconds + ts.nanos / 1e9
+    if seconds < MIN_TIME:
+        out.append(Violation(field, "must be after 2000-01-01T00:00:00Z"))
+    elif seconds > now + MAX_AHEAD_S:
+        out.append(Violation(field, "must be no later than one year from now"))
+    return seconds
+
+
+def _check_url(value: str, field: str, out: list[Violation]) -> None:
+    if not value:
+        return
+    if len(value) > MAX_URL:
+        out.append(Violation(field, f"must be at most {MAX_URL} bytes"))
+        return
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        out.append(Violation(field, "is not a valid URL"))
+        return
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        out.append(Violation(field, "must be an absolute http(s) URL"))
+
+
+def _check_text(value: str, field: str, limit: int, out: list[Violation]) -> None:
+    if len(value.encode()) > limit:
+        out.append(Violation(field, f"must be at most {limit} bytes"))
+
+
+def _check_identifiers(ids: pb.ProfileIdentifiers, field: str, out: list[Violation]) -> Identifiers:
+    if ids.email and not is_email(ids.email):
+        out.append(Violation(f"{field}.email", "is not a valid email address"))
+    if ids.phone_number and PHONE_PATTERN.fullmatch(ids.phone_number) is None:
+        out.append(Violation(f"{field}.phone_number", "must be in E.164 form, e.g. +14155550100"))
+    if ids.external_id:
+        _check_text(ids.external_id, f"{field}.external_id", MAX_EXTERNAL_ID, out)
+    if ids.kx and KX_PATTERN.fullmatch(ids.kx) is None:
+        out.append(Violation(f"{field}.kx", "is not a Klaviyo exchange id (<token>.<6 characters>)"))
+    return Identifiers(ids.email, ids.phone_number, ids.external_id, ids.kx)
+
+
+def validate_click(
+    click: pb.Click, field: str, settings_for: SettingsLookup, now: float | None = None
+) -> NewClick | list[Violation]:
+    """The click ready to commit, or every violation found (field paths under ``field``)."""
+    now = time.time() if now is None else now
+    out: list[Violation] = []
+    check_workspace_id(click.workspace_id, f"{field}.workspace_id", out)
+    _check_event_id(click.click_id, f"{field}.click_id", out)
+    click_time = 0.0
+    if not click.HasField("click_time"):
+        out.append(Violation(f"{field}.click_time", "required"))
+    else:
+        click_time = _check_time(click.click_time, f"{field}.click_time", now, out)
+    _check_text(click.link_id, f"{field}.link_id", MAX_LINK_ID, out)
+    _check_url(click.short_url, f"{field}.short_url", out)
+    _check_url(click.destination_url, f"{field}.destination_url", out)
+    if len(click.utm_parameters) > MAX_UTM:
+        out.append(Violation(f"{field}.utm_parameters", f"at most {MAX_UTM} parameters"))
+    for key, value in click.utm_parameters.items():
+        if UTM_KEY_PATTERN.fullmatch(key) is None:
+            out.append(Violation(f"{field}.utm_parameters[{key!r}]",
+                                 "key must be utm_ followed by 1-40 of a-z 0-9 _"))
+        elif len(value) > MAX_UTM_VALUE:
+            out.append(Violation(f"{field}.utm_parameters[{key!r}]",
+                                 f"value must be at most {MAX_UTM_VALUE} characters"))
+    given = _check_identifiers(click.identifiers, f"{field}.identifiers", out)
+    _check_text(click.user_agent, f"{field}.user_agent", MAX_USER_AGENT, out)
+    _check_text(click.referrer, f"{field}.referrer", MAX_REFERRER, out)
+    if out:
+        return out
+
+    settings = settings_for(click.workspace_id) or IntegrationSettings()
+    identifiers = given
+    utm: dict[str, str] = {}
+    if click.destination_url:
+        facts = facts_from_url(click.destination_url, settings.email_parameters)
+        identifiers = given.merged_over(facts.identifiers)
+        utm = facts.utm
+    utm.update(click.utm_parameters)
+    properties: dict[str, Any] = {"click_id": click.click_id}
+    for name, value in (
+        ("link_id", click.link_id),
+        ("short_url", click.short_url),
+        ("destination_url", click.destination_url),
+        ("user_agent", click.user_agent),
+        ("referrer", click.referrer),
+    ):
+        if value:
+            properties[name] = value
+    properties.update(sorted(utm.items()))
+    return NewClick(
+        workspace_id=click.workspace_id,
+        click_id=click.click_id,
+        click_time=click_time,
+        identifiers=identifiers,
+        properties=properties,
+    )
+
+
+def _check_json(value: Any, field: str, depth: int, out: list[Violation]) -> None:
+    if depth > MAX_DEPTH:
+        out.append(Violation(field, f"nested deeper than {MAX_DEPTH} levels"))
+    elif isinstance(value, str):
+        if len(value.encode()) > MAX_STRING_BYTES:
+            out.append(Violation(field, f"string longer than {MAX_STRING_BYTES} bytes"))
+    elif isinstance(value, float) and not math.isfinite(value):
+        out.append(Violation(field, "must be a finite number"))
+    elif isinstance(value, list):
+        if len(value) > MAX_ARRAY:
+            out.append(Violation(field, f"more than {MAX_ARRAY} items"))
+        for i, item in enumerate(value[:MAX_ARRAY]):
+            _check_json(item, f"{field}[{i}]", depth + 1, out)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_json(item, f"{field}.{key}", depth + 1, out)
+
+
+def validate_conversion(
+    conversion: pb.Conversion, field: str, now: float | None = None
+) -> NewConversion | list[Violation]:
+    """The conversion ready to commit, or every violation found."""
+    now = time.time() if now is None else now
+    out: list[Violation] = []
+    _check_event_id(conversion.conversion_id, f"{field}.conversion_id", out)
+    check_workspace_id(conversion.workspace_id, f"{field}.workspace_id", out)
+    if conversion.click_id:
+        _check_event_id(conversion.click_id, f"{field}.click_id", out)
+    conversion_time = now
+    if conversion.HasField("conversion_time"):
+        conversion_time = _check_time(conversion.conversion_time, f"{field}.conversion_time", now, out)
+    value: float | None = None
+    if not math.isfinite(conversion.value) or conversion.value < 0:
+        out.append(Violation(f"{field}.value", "must be a finite, non-negative number"))
+    elif conversion.value or conversion.currency:
+        value = conversion.value
+    if conversion.currency and CURRENCY.fullmatch(conversion.currency) is None:
+        out.append(Violation(f"{field}.currency", "must be an ISO 4217 code such as USD"))
+    elif conversion.value and not conversion.currency:
+        out.append(Violation(f"{field}.currency", "required when value is nonzero"))
+    properties: dict[str, Any] = json_format.MessageToDict(conversion.properties)
+    if len(properties) > MAX_PROPERTIES:
+        out.append(Violation(f"{field}.properties", f"at most {MAX_PROPERTIES} properties"))
+    else:
+        _check_json(properties, f"{field}.properties", 1, out)
+    identifiers = _check_identifiers(conversion.identifiers, f"{field}.identifiers", out)
+    if not conversion.click_id and not identifiers.any() and not out:
+        out.append(Violation(f"{field}.click_id", "required unless identifiers are given"))
+    if out:
+        return out
+    properties.setdefault("conversion_id", conversion.conversion_id)
+    if conversion.click_id:
+        properties.setdefault("click_id", conversion.click_id)
+    return NewConversion(
+        workspace_id=conversion.workspace_id,
+        conversion_id=conversion.conversion_id,
+        click_id=conversion.click_id,
+        conversion_time=conversion_time,
+        value=value,
+        currency=conversion.currency,
+        identifiers=identifiers,
+        properties=properties,
+    )

@@ -1,0 +1,567 @@
+"""SQLite implementation of :class:`server.store.Store` (WAL mode, one writer thread).
+
+SQLite allows one writer at a time, so every statement runs on one dedicated thread with one
+connection. Intake batches that queue up while a transaction runs are committed together in
+the next one (group commit): under load one fsync covers many batches, which is where the
+ingest throughput comes from. Each batch runs under its own savepoint, so one failing batch
+does not take its neighbours down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import structlog
+
+from server.store._records import (
+    ClickOutcome,
+    ConversionOutcome,
+    DeliveryCounters,
+    EventKind,
+    FailedEventRecord,
+    Identifiers,
+    IntegrationRecord,
+    IntegrationSettings,
+    IntegrationState,
+    NewClick,
+    NewConversion,
+    OutboxEvent,
+)
+
+_log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+QUEUED: Final = 0
+FAILED: Final = 1
+_MAX_GROUP: Final = 64
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteConfig:
+    """Where and how durably the store writes."""
+
+    path: Path
+    # FULL fsyncs the WAL at every commit: an ack survives power loss, not only a crash.
+    synchronous: str = "FULL"
+    attribution_window_s: float = 90 * 86400.0
+    busy_timeout_ms: int = 5000
+
+
+class _Op:
+    __slots__ = ("fn", "future", "group")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: Future[Any], group: bool):
+        self.fn = fn
+        self.future = future
+        self.group = group
+
+
+def _settings_to_json(settings: IntegrationSettings) -> str:
+    data = asdict(settings)
+    data["email_parameters"] = list(settings.email_parameters)
+    return _dumps(data)
+
+
+def _settings_from_json(text: str) -> IntegrationSettings:
+    data = json.loads(text)
+    data["email_parameters"] = tuple(data.get("email_parameters", ()))
+    return IntegrationSettings(**data)
+
+
+def _integration(row: sqlite3.Row) -> IntegrationRecord:
+    return IntegrationRecord(
+        workspace_id=row["workspace_id"],
+        ciphertext=row["ciphertext"],
+        key_fingerprint=row["key_fingerprint"],
+        key_version=row["key_version"],
+        settings=_settings_from_json(row["settings"]),
+        state=IntegrationState(row["state"]),
+        state_reason=row["state_reason"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class SqliteStore:
+    """The store on one SQLite file."""
+
+    def __init__(self, config: SqliteConfig) -> None:
+        self._config = config
+        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        # Which workspaces have an integration, and their settings: consulted for every click,
+        # so kept in memory. This process is the only writer of the file, so it stays exact.
+        self._settings: dict[str, IntegrationSettings] = {}
+
+    # -- thread plumbing -------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        self._config.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._config.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._config.synchronous}")
+        conn.execute(f"PRAGMA busy_timeout={int(self._config.busy_timeout_ms)}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA cache_size=-32000")  # 32 MB: bounded, whatever the backlog.
+        return conn
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        while True:
+            op = self._ops.get()
+            if op is None:
+                conn.close()
+                return
+            batch = [op]
+            if op.group:
+                # Group commit: take every intake op already waiting into this transaction.
+                while len(batch) < _MAX_GROUP:
+                    try:
+                        nxt = self._ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None or not nxt.group:
+                        self._ops.put(nxt)  # keep order-insensitive ops for the next turn
+                        break
+                    batch.append(nxt)
+            self._execute(conn, batch)
+
+    def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op.fn(conn)
+                except Exception as exc:  # noqa: BLE001 - handed to the caller's future
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((op, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((op, value, None))
+            conn.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - the commit failed: nothing in it happened
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            _log.error("store transaction failed", error=str(exc))
+            results = [(op, None, exc) for op in batch]
+        # Only now, after COMMIT returned, may any caller ack.
+        for op, value, error in results:
+            if error is None:
+                op.future.set_result(value)
+            else:
+                op.future.set_exception(error)
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], group: bool = False) -> T:
+        if self._thread is None:
+            raise RuntimeError("store is not open")
+        future: Future[T] = Future()
+        self._ops.put(_Op(fn, future, group))
+        return await asyncio.wrap_future(future)
+
+    async def open(self) -> None:
+        conn = self._connect()
+        self._migrate(conn)
+        for row in conn.execute("SELECT workspace_id, settings FROM integrations"):
+            self._settings[row["workspace_id"]] = _settings_from_json(row["settings"])
+        self._thread = threading.Thread(target=self._run, args=(conn,), name="sqlite-store", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._ops.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
+        )
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        files = sorted(
+            (f for f in resources.files("server.store.migrations").iterdir() if f.name.endswith(".sql")),
+            key=lambda f: f.name,
+        )
+        for f in files:
+            version = int(f.name.split("_", 1)[0])
+            if version in applied:
+                continue
+            # One script, one transaction: a migration applies whole or not at all.
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{f.read_text()}\n"
+                    f"INSERT INTO schema_migrations VALUES ({version}, '{f.name}');\nCOMMIT;"
+                )
+            except Exception:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            _log.info("schema migration applied", migration=f.name)
+
+    # -- integrations ----------------------------------------------------------------------
+    def settings_for(self, workspace_id: str) -> IntegrationSettings | None:
+        return self._settings.get(workspace_id)
+
+    async def upsert_integration(
+        self, workspace_id: str, ciphertext: str, key_fingerprint: str, key_version: int,
+        settings: IntegrationSettings, now: float,
+    ) -> tuple[IntegrationRecord, bool]:
+        def op(conn: sqlite3.Connection) -> tuple[IntegrationRecord, bool]:
+            existed = conn.execute(
+                "SELECT 1 FROM integrations WHERE workspace_id = ?", (workspace_id,)
+            ).fetchone() is not None
+            conn.execute(
+                """INSERT INTO integrations (workspace_id, ciphertext, key_fingerprint, key_version,
+                       settings, state, state_reason, created_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, '', ?, ?)
+                   ON CONFLICT (workspace_id) DO UPDATE SET ciphertext = excluded.ciphertext,
+                       key_fingerprint = excluded.key_fingerprint, key_version = excluded.key_version,
+                       settings = excluded.settings, state = excluded.state, state_reason = '',
+                       updated_at = excluded.updated_at""",
+                (workspace_id, ciphertext, key_fingerprint, key_version,
+                 _settings_to_json(settings), IntegrationState.ACTIVE.value, now, now),
+            )
+            # Events held while the old key was rejected are due again with the new key.
+            conn.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE workspace_id = ? AND status = ? AND next_attempt_at > ?",
+                (now, workspace_id, QUEUED, now),
+            )
+            row = conn.execute("SELECT * FROM integrations WHERE workspace_id = ?", (workspace_id,)).fetchone()
+            return _integration(row), existed
+
+        record, existed = await self._call(op)
+        self._settings[workspace_id] = settings
+        return record, existed
+
+    async def get_integration(self, workspace_id: str) -> IntegrationRecord | None:
+        def op(conn: sqlite3.Connection) -> IntegrationRecord | None:
+            row = conn.execute("SELECT * FROM integrations WHERE workspace_id = ?", (workspace_id,)).fetchone()
+            return None if row is None else _integration(row)
+
+        return await self._call(op)
+
+    async def list_integrations(self, after: str, limit: int) -> list[IntegrationRecord]:
+        def op(conn: sqlite3.Connection) -> list[IntegrationRecord]:
+            rows = conn.execute(
+                "SELECT * FROM integrations WHERE workspace_id > ? ORDER BY workspace_id LIMIT ?",
+                (after, limit),
+            )
+            return [_integration(r) for r in rows]
+
+        return await self._call(op)
+
+    async def delete_integration(self, workspace_id: str) -> int | None:
+        # Forget the settings first: clicks arriving from now on answer NO_INTEGRATION rather
+        # than being queued behind a deletion that would drop them.
+        previous = self._settings.pop(workspace_id, None)
+
+        def op(conn: sqlite3.Connection) -> int | None:
+            if conn.execute("DELETE FROM integrations WHERE workspace_id = ?", (workspace_id,)).rowcount == 0:
+                return None
+            dropped = conn.execute("DELETE FROM outbox WHERE workspace_id = ?", (workspace_id,)).rowcount
+            conn.execute("DELETE FROM leases WHERE workspace_id = ?", (workspace_id,))
+            return int(dropped)
+
+        try:
+            result = await self._call(op)
+        except BaseException:
+            if previous is not None:
+                self._settings[workspace_id] = previous
+            raise
+        return result
+
+    async def replace_ciphertext(
+        self, workspace_id: str, old: str, new: str, key_version: int, now: float
+    ) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                """UPDATE integrations SET ciphertext = ?, key_version = ?, updated_at = ?
+                   WHERE workspace_id = ? AND ciphertext = ?""",
+                (new, key_version, now, workspace_id, old),
+            ).rowcount == 1
+
+        return await self._call(op)
+
+    async def reject_key(self, workspace_id: str, ciphertext: str, reason: str, now: float) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                """UPDATE integrations SET state = ?, state_reason = ?, last_error = ?, last_error_at = ?
+                   WHERE workspace_id = ? AND ciphertext = ?""",
+                (IntegrationState.KEY_REJECTED.value, reason, reason, now, workspace_id, ciphertext),
+            ).rowcount == 1
+
+        return await self._call(op)
+
+    async def delivery_counters(self, workspace_id: str) -> DeliveryCounters:
+        def op(conn: sqlite3.Connection) -> DeliveryCounters:
+            row = conn.execute(
+                """SELECT delivered_count, anonymous_count, last_delivery_at, last_error, last_error_at
+                   FROM integrations WHERE workspace_id = ?""",
+                (workspace_id,),
+            ).fetchone()
+            counts = dict.fromkeys((QUEUED, FAILED), 0)
+            for status, count in conn.execute(
+                "SELECT status, count(*) FROM outbox WHERE workspace_id = ? GROUP BY status", (workspace_id,)
+            ):
+                counts[status] = count
+            if row is None:
+                return DeliveryCounters(queued=counts[QUEUED], failed=counts[FAILED])
+            return DeliveryCounters(
+                queued=counts[QUEUED], delivered=row["delivered_count"], failed=counts[FAILED],
+                anonymous_clicks=row["anonymous_count"], last_delivery_at=row["last_delivery_at"],
+                last_error=row["last_error"], last_error_at=row["last_error_at"],
+            )
+
+        return await self._call(op)
+
+    # -- intake ----------------------------------------------------------------------------
+    async def take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
+        settings = self._settings
+        expires = now + self._config.attribution_window_s
+
+        def op(conn: sqlite3.Connection) -> list[ClickOutcome]:
+            outcomes: list[ClickOutcome] = [ClickOutcome.NO_INTEGRATION] * len(clicks)
+            by_workspace: dict[str, list[int]] = defaultdict(list)
+            for i, click in enumerate(clicks):
+                if click.workspace_id in settings:
+                    by_workspace[click.workspace_id].append(i)
+            index_rows: list[tuple[Any, ...]] = []
+            outbox_rows: list[tuple[Any, ...]] = []
+            anonymous: dict[str, int] = defaultdict(int)
+            for workspace_id, positions in by_workspace.items():
+                ids = [clicks[i].click_id for i in positions]
+                seen: set[str] = set()
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    seen.update(
+                        r[0] for r in conn.execute(
+                            f"SELECT click_id FROM clicks WHERE workspace_id = ? AND click_id IN ({marks})",  # noqa: S608 - only placeholders are interpolated
+                            (workspace_id, *chunk),
+                        )
+                    )
+                for i in positions:
+                    click = clicks[i]
+                    if click.click_id in seen:
+                        outcomes[i] = ClickOutcome.DUPLICATE
+                        continue
+                    seen.add(click.click_id)
+                    ids_json = _dumps(click.identifiers.to_dict())
+                    index_rows.append((workspace_id, click.click_id, ids_json, click.click_time, expires))
+                    if click.identifiers.any():
+                        outcomes[i] = ClickOutcome.QUEUED
+                        outbox_rows.append((workspace_id, EventKind.CLICK.value, click.click_id,
+                                            click.click_time, now, ids_json,
+                                            _dumps(click.properties), None, "", now))
+                    else:
+                        outcomes[i] = ClickOutcome.ANONYMOUS
+                        anonymous[workspace_id] += 1
+            if index_rows:
+                conn.executemany("INSERT INTO clicks VALUES (?, ?, ?, ?, ?)", index_rows)
+            if outbox_rows:
+                conn.executemany(
+                    """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at, created_at,
+                           identifiers, properties, value, currency, next_attempt_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    outbox_rows,
+                )
+            if anonymous:
+                conn.executemany(
+                    "UPDATE integrations SET anonymous_count = anonymous_count + ? WHERE workspace_id = ?",
+                    [(n, ws) for ws, n in anonymous.items()],
+                )
+            return outcomes
+
+        return await self._call(op, group=True)
+
+    async def take_conversion(self, conversion: NewConversion, now: float) -> ConversionOutcome:
+        expires = now + self._config.attribution_window_s
+
+        def op(conn: sqlite3.Connection) -> ConversionOutcome:
+            ws = conversion.workspace_id
+            if ws not in self._settings:
+                return ConversionOutcome.NO_INTEGRATION
+            if conn.execute(
+                "SELECT 1 FROM conversions WHERE workspace_id = ? AND conversion_id = ?",
+                (ws, conversion.conversion_id),
+            ).fetchone():
+                return ConversionOutcome.DUPLICATE
+            identifiers = conversion.identifiers
+            if conversion.click_id:
+                row = conn.execute(
+                    "SELECT identifiers FROM clicks WHERE workspace_id = ? AND click_id = ?",
+                    (ws, conversion.click_id),
+                ).fetchone()
+                if row is not None:
+                    # The recorded click identifies the person who clicked: it wins.
+                    identifiers = Identifiers.from_dict(json.loads(row[0])).merged_over(identifiers)
+            conn.execute("INSERT INTO conversions VALUES (?, ?, ?)", (ws, conversion.conversion_id, expires))
+            if not identifiers.any():
+                return ConversionOutcome.UNATTRIBUTED
+            conn.execute(
+                """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at, created_at,
+                       identifiers, properties, value, currency, next_attempt_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (ws, EventKind.CONVERSION.value, conversion.conversion_id, conversion.conversion_time,
+                 now, _dumps(identifiers.to_dict()), _dumps(dict(conversion.properties)),
+                 conversion.value, conversion.currency, now),
+            )
+            return ConversionOutcome.QUEUED
+
+        return await self._call(op, group=True)
+
+    # -- delivery --------------------------------------------------------------------------
+    async def acquire_lease(self, workspace_id: str, owner: str, ttl_s: float, now: float) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                """INSERT INTO leases VALUES (?, ?, ?)
+                   ON CONFLICT (workspace_id) DO UPDATE SET owner = excluded.owner,
+                       expires_at = excluded.expires_at
+                   WHERE leases.owner = excluded.owner OR leases.expires_at < ?""",
+                (workspace_id, owner, now + ttl_s, now),
+            ).rowcount == 1
+
+        return await self._call(op)
+
+    async def release_lease(self, workspace_id: str, owner: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM leases WHERE workspace_id = ? AND owner = ?", (workspace_id, owner))
+
+        await self._call(op)
+
+    async def workspaces_with_due_events(self, now: float) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                """SELECT workspace_id FROM integrations i WHERE state = ? AND EXISTS (
+                       SELECT 1 FROM outbox o WHERE o.workspace_id = i.workspace_id
+                       AND o.status = ? AND o.next_attempt_at <= ?)""",
+                (IntegrationState.ACTIVE.value, QUEUED, now),
+            )
+            return [r[0] for r in rows]
+
+        return await self._call(op)
+
+    async def due_events(self, workspace_id: str, now: float, limit: int) -> list[OutboxEvent]:
+        def op(conn: sqlite3.Connection) -> list[OutboxEvent]:
+            rows = conn.execute(
+                """SELECT event_id, kind, source_id, occurred_at, created_at, identifiers, properties,
+                          value, currency, attempts
+                   FROM outbox WHERE workspace_id = ? AND status = ? AND next_attempt_at <= ?
+                   ORDER BY next_attempt_at, event_id LIMIT ?""",
+                (workspace_id, QUEUED, now, limit),
+            ).fetchall()
+            return [
+                OutboxEvent(
+                    event_id=r[0], workspace_id=workspace_id, kind=EventKind(r[1]), source_id=r[2],
+                    occurred_at=r[3], created_at=r[4], identifiers=Identifiers.from_dict(json.loads(r[5])),
+                    properties=json.loads(r[6]), value=r[7], currency=r[8], attempts=r[9],
+                )
+                for r in rows
+            ]
+
+        return await self._call(op)
+
+    async def mark_delivered(self, workspace_id: str, event_ids: Sequence[int], now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            deleted = conn.executemany(
+                "DELETE FROM outbox WHERE event_id = ? AND workspace_id = ?",
+                [(e, workspace_id) for e in event_ids],
+            ).rowcount
+            conn.execute(
+                """UPDATE integrations SET delivered_count = delivered_count + ?, last_delivery_at = ?
+                   WHERE workspace_id = ?""",
+                (deleted, now, workspace_id),
+            )
+
+        await self._call(op, group=True)
+
+    async def mark_retry(
+        self, workspace_id: str, event_ids: Sequence[int], next_attempt_at: float, error: str,
+        now: float, count_attempt: bool = True,
+    ) -> None:
+        step = 1 if count_attempt else 0
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                """UPDATE outbox SET attempts = attempts + ?, next_attempt_at = ?, last_error = ?
+                   WHERE event_id = ? AND workspace_id = ?""",
+                [(step, next_attempt_at, error, e, workspace_id) for e in event_ids],
+            )
+            conn.execute(
+                "UPDATE integrations SET last_error = ?, last_error_at = ? WHERE workspace_id = ?",
+                (error, now, workspace_id),
+            )
+
+        await self._call(op, group=True)
+
+    async def mark_failed(self, workspace_id: str, event_ids: Sequence[int], error: str, now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                """UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ?, failed_at = ?
+                   WHERE event_id = ? AND workspace_id = ?""",
+                [(FAILED, error, now, e, workspace_id) for e in event_ids],
+            )
+            conn.execute(
+                "UPDATE integrations SET last_error = ?, last_error_at = ? WHERE workspace_id = ?",
+                (error, now, workspace_id),
+            )
+
+        await self._call(op, group=True)
+
+    async def list_failed(self, workspace_id: str, after_event_id: int, limit: int) -> list[FailedEventRecord]:
+        def op(conn: sqlite3.Connection) -> list[FailedEventRecord]:
+            rows = conn.execute(
+                """SELECT event_id, kind, source_id, attempts, last_error, created_at, failed_at
+                   FROM outbox WHERE workspace_id = ? AND status = ? AND event_id > ?
+                   ORDER BY event_id LIMIT ?""",
+                (workspace_id, FAILED, after_event_id, limit),
+            )
+            return [
+                FailedEventRecord(r[0], workspace_id, EventKind(r[1]), r[2], r[3], r[4], r[5], r[6] or r[5])
+                for r in rows
+            ]
+
+        return await self._call(op)
+
+    async def replay_failed(self, workspace_id: str, event_ids: Sequence[int] | None, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            sql = """UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = ?, failed_at = NULL
+                     WHERE workspace_id = ? AND status = ?"""
+            if event_ids is None:
+                return int(conn.execute(sql, (QUEUED, now, workspace_id, FAILED)).rowcount)
+            total = 0
+            for e in event_ids:
+                total += conn.execute(sql + " AND event_id = ?", (QUEUED, now, workspace_id, FAILED, e)).rowcount
+            return total
+
+        return await self._call(op)
+
+    # -- housekeeping ----------------------------------------------------------------------
+    async def prune(self, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            pruned = conn.execute("DELETE FROM clicks WHERE expires_at < ?", (now,)).rowcount
+            pruned += conn.execute("DELETE FROM conversions WHERE expires_at < ?", (now,)).rowcount
+            return int(pruned)
+
+        return await self._call(op)
+
+    async def outbox_depth(self) -> tuple[int, int]:
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            counts = dict(conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall())
+            return int(counts.get(QUEUED, 0)), int(counts.get(FAILED, 0))
+
+        return await self._call(op)
