@@ -15,7 +15,9 @@ import grpc
 import structlog
 
 from server._auth import METHOD_ROLES, Principal, Role, TokenRegistry
-from server._errors import ApiError, Reason
+from google.protobuf.message import DecodeError
+
+from server._errors import ApiError, Reason, Violation, invalid_argument
 from server._metrics import RPC_LATENCY
 
 _log = structlog.get_logger("server.rpc")
@@ -29,6 +31,38 @@ def _metadata(details: grpc.HandlerCallDetails, key: str) -> str | None:
             value = item.value
             return value.decode() if isinstance(value, bytes) else value
     return None
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not the expected message."""
+
+    __slots__ = ()
+
+
+_UNDECODABLE = _Undecodable()
+_GARBAGE = invalid_argument([Violation("", "the request bytes are not a valid protobuf message")])
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # grpc answers a deserializer's exception with UNKNOWN and a Python class name; a caller
+    # sending garbage deserves INVALID_ARGUMENT like any other bad input.
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return parse
+
+
+async def _checked(requests: Any) -> AsyncIterator[Any]:
+    async for request in requests:
+        if request is _UNDECODABLE:
+            raise _GARBAGE
+        yield request
 
 
 def _rejecting_handler(streaming: bool, error: ApiError) -> grpc.RpcMethodHandler:
@@ -120,6 +154,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 structlog.contextvars.bind_contextvars(request_id=request_id)
                 exc: BaseException | None = None
                 try:
+                    if request is _UNDECODABLE:
+                        await context.abort_with_status(_GARBAGE.to_status())
                     return await inner(request, context)
                 except BaseException as e:
                     exc = e
@@ -128,7 +164,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                     finish(context, started, exc)
                     structlog.contextvars.unbind_contextvars("request_id")
 
-            return handler._replace(unary_unary=unary)  # type: ignore[attr-defined, no-any-return]  # RpcMethodHandler is a namedtuple at runtime
+            return handler._replace(  # type: ignore[attr-defined, no-any-return]  # RpcMethodHandler is a namedtuple at runtime
+                unary_unary=unary, request_deserializer=_lenient(handler.request_deserializer)
+            )
         if handler.stream_stream is not None:
             inner_stream = handler.stream_stream
 
@@ -137,7 +175,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 structlog.contextvars.bind_contextvars(request_id=request_id)
                 exc: BaseException | None = None
                 try:
-                    async for response in inner_stream(requests, context):
+                    async for response in inner_stream(_checked(requests), context):
                         yield response
                 except BaseException as e:
                     exc = e
@@ -146,5 +184,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                     finish(context, started, exc)
                     structlog.contextvars.unbind_contextvars("request_id")
 
-            return handler._replace(stream_stream=stream)  # type: ignore[attr-defined, no-any-return]  # see above
+            return handler._replace(  # type: ignore[attr-defined, no-any-return]  # see above
+                stream_stream=stream, request_deserializer=_lenient(handler.request_deserializer)
+            )
         return handler
