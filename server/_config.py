@@ -137,6 +137,7 @@ def load_config(env: Mapping[str, str]) -> ForwarderConfig:
         single_threshold=_int(env, "FORWARDER_SINGLE_THRESHOLD", 20),
         poll_interval_s=_number(env, "FORWARDER_POLL_INTERVAL_S", 0.5),
         vault_retry_s=_number(env, "FORWARDER_VAULT_RETRY_S", 5.0),
+        instance_id=env.get("FORWARDER_INSTANCE_ID", ""),
         retry=retry,
         rate_limits=limits,
     )

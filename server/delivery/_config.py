@@ -38,6 +38,10 @@ class DeliveryConfig:
     bulk_concurrency: int = 4
     poll_interval_s: float = 0.5
     lease_ttl_s: float = 30.0
+    # Who holds delivery leases. Stable across restarts of the same replica (the host name by
+    # default), so a replica restarted after a crash takes its leases back at once instead of
+    # waiting for them to expire; replicas sharing a store need distinct ids.
+    instance_id: str = ""
     # Pause of a workspace's delivery after Vault could not decrypt its key.
     vault_retry_s: float = 5.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)

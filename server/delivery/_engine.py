@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -60,7 +61,7 @@ class DeliveryEngine:
         self._vault = vault
         self._client = client
         self._config = config
-        self._owner = owner or f"forwarder-{uuid.uuid4().hex[:12]}"
+        self._owner = owner or config.instance_id or socket.gethostname() or f"forwarder-{uuid.uuid4().hex[:12]}"
         self._clock = clock
         self._wake = asyncio.Event()
         self._workers: dict[str, asyncio.Task[None]] = {}
