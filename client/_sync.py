@@ -1,0 +1,225 @@
+"""The blocking client of the forwarder API: :class:`AsyncForwarderClient` for threads.
+
+Same methods, arguments, deadlines, retries and exceptions as the asyncio client (streaming
+excepted: the click stream's back-pressure needs an event loop; use the async client).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+from elido.forwarder.v1 import forwarder_pb2 as pb
+from elido.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client import _requests
+from client._channel import call_metadata, open_sync_channel
+from client._config import ClientConfig
+from client._retry import call_sync
+
+_Resp = TypeVar("_Resp")
+
+
+class ForwarderClient:
+    """A blocking client; use as ``with ForwarderClient(config) as client:``.
+
+    Pass ``channel`` to share one channel (it is then not closed by :meth:`close`).
+    """
+
+    def __init__(self, config: ClientConfig, *, channel: grpc.Channel | None = None) -> None:
+        self._config = config
+        self._owns_channel = channel is None
+        self._channel = open_sync_channel(config) if channel is None else channel
+        self._stub = pb_grpc.ForwarderServiceStub(self._channel)
+        self._metadata = call_metadata(config)
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._config
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel if this client opened it."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def _unary(
+        self,
+        method: str,
+        rpc: Callable[..., _Resp],
+        request: Any,
+        timeout_s: float | None,
+        *,
+        idempotent: bool = True,
+    ) -> _Resp:
+        def attempt(remaining_s: float | None) -> _Resp:
+            return rpc(request, timeout=remaining_s, metadata=self._metadata)
+
+        return call_sync(
+            attempt,
+            policy=self._config.retry,
+            method=method,
+            timeout_s=self._config.default_timeout_s if timeout_s is None else timeout_s,
+            idempotent=idempotent,
+        )
+
+    def register_integration(
+        self,
+        workspace_id: str | pb.RegisterIntegrationRequest,
+        private_key: str | None = None,
+        settings: pb.IntegrationSettings | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> pb.RegisterIntegrationResponse:
+        """Connects a workspace to Klaviyo, or replaces its key and settings."""
+        request = _requests.register(workspace_id, private_key, settings)
+        return self._unary(
+            "RegisterIntegration", self._stub.RegisterIntegration, request, timeout_s
+        )
+
+    def remove_integration(
+        self, workspace_id: str | pb.RemoveIntegrationRequest, *, timeout_s: float | None = None
+    ) -> pb.RemoveIntegrationResponse:
+        """Disconnects a workspace (retried only on errors carrying ``RetryInfo``)."""
+        return self._unary(
+            "RemoveIntegration",
+            self._stub.RemoveIntegration,
+            _requests.remove(workspace_id),
+            timeout_s,
+            idempotent=False,
+        )
+
+    def get_integration(
+        self, workspace_id: str | pb.GetIntegrationRequest, *, timeout_s: float | None = None
+    ) -> pb.GetIntegrationResponse:
+        """One integration's settings and delivery status."""
+        return self._unary(
+            "GetIntegration", self._stub.GetIntegration, _requests.get(workspace_id), timeout_s
+        )
+
+    def list_integrations(
+        self,
+        request: pb.ListIntegrationsRequest | None = None,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> pb.ListIntegrationsResponse:
+        """One page of integrations, ordered by workspace id."""
+        return self._unary(
+            "ListIntegrations",
+            self._stub.ListIntegrations,
+            _requests.list_integrations(request, page_size, page_token),
+            timeout_s,
+        )
+
+    def iter_integrations(
+        self, *, page_size: int = 0, timeout_s: float | None = None
+    ) -> Iterator[pb.Integration]:
+        """Every integration, fetching pages as needed."""
+        token = ""
+        while True:
+            page = self.list_integrations(
+                page_size=page_size, page_token=token, timeout_s=timeout_s
+            )
+            yield from page.integrations
+            token = page.next_page_token
+            if not token:
+                return
+
+    def rewrap_keys(
+        self, workspace_id: str | pb.RewrapKeysRequest = "", *, timeout_s: float | None = None
+    ) -> pb.RewrapKeysResponse:
+        """Rewraps stored key ciphertexts to the newest transit key version ("" = all)."""
+        return self._unary(
+            "RewrapKeys", self._stub.RewrapKeys, _requests.rewrap(workspace_id), timeout_s
+        )
+
+    def forward_click(
+        self, click: pb.Click | pb.ForwardClickRequest, *, timeout_s: float | None = None
+    ) -> pb.ForwardClickResponse:
+        """Reports one click (idempotent on ``click_id``)."""
+        return self._unary(
+            "ForwardClick", self._stub.ForwardClick, _requests.forward_click(click), timeout_s
+        )
+
+    def forward_conversion(
+        self,
+        conversion: pb.Conversion | pb.ForwardConversionRequest,
+        *,
+        timeout_s: float | None = None,
+    ) -> pb.ForwardConversionResponse:
+        """Reports a conversion (idempotent on ``conversion_id``)."""
+        return self._unary(
+            "ForwardConversion",
+            self._stub.ForwardConversion,
+            _requests.forward_conversion(conversion),
+            timeout_s,
+        )
+
+    def list_failed_events(
+        self,
+        workspace_id: str | pb.ListFailedEventsRequest,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> pb.ListFailedEventsResponse:
+        """One page of a workspace's failed events, oldest first."""
+        return self._unary(
+            "ListFailedEvents",
+            self._stub.ListFailedEvents,
+            _requests.list_failed(workspace_id, page_size, page_token),
+            timeout_s,
+        )
+
+    def iter_failed_events(
+        self, workspace_id: str, *, page_size: int = 0, timeout_s: float | None = None
+    ) -> Iterator[pb.FailedEvent]:
+        """Every failed event of a workspace, fetching pages as needed."""
+        token = ""
+        while True:
+            page = self.list_failed_events(
+                workspace_id, page_size=page_size, page_token=token, timeout_s=timeout_s
+            )
+            yield from page.failed_events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def replay_failed_events(
+        self,
+        workspace_id: str | pb.ReplayFailedEventsRequest,
+        event_ids: Iterable[str] = (),
+        *,
+        all_events: bool = False,
+        timeout_s: float | None = None,
+    ) -> pb.ReplayFailedEventsResponse:
+        """Requeues the named failed events, or all of them with ``all_events=True``."""
+        return self._unary(
+            "ReplayFailedEvents",
+            self._stub.ReplayFailedEvents,
+            _requests.replay(workspace_id, event_ids, all_events),
+            timeout_s,
+        )
+
+    def check_health(self, service: str = "", *, timeout_s: float | None = None) -> int:
+        """The ``grpc.health.v1`` serving status (``HealthCheckResponse.ServingStatus``)."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        response = self._unary(
+            "Health.Check", stub.Check, health_pb2.HealthCheckRequest(service=service), timeout_s
+        )
+        return int(response.status)

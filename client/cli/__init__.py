@@ -1,0 +1,1 @@
+"""``elido-fwd``: the forwarder's command line for platform engineers (see docs/cli.md)."""
