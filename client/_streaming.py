@@ -183,7 +183,12 @@ class _ClickStreamer:
         )
 
     def _retry_delay(self, error: ForwarderError, failures: int) -> float | None:
-        if failures >= self._retry.max_attempts or not self._retry.is_retryable(error):
+        # A stream torn down while we were still writing surfaces as INTERNAL "from Core"
+        # rather than UNAVAILABLE, depending on timing; it is a transport failure all the same,
+        # and resending unacked batches is safe (click ids are idempotent).
+        transport = error.code is grpc.StatusCode.INTERNAL and "from Core" in str(error)
+        retryable = transport or self._retry.is_retryable(error)
+        if failures >= self._retry.max_attempts or not retryable:
             return None
         if error.retry_delay is not None and (
             error.retry_delay.total_seconds() > self._retry.max_retry_info_delay_s
