@@ -22,6 +22,7 @@ from server._metrics import OUTBOX_DEPTH, OUTBOX_FAILED
 from server.api._service import ForwarderService
 from server.delivery._engine import DeliveryEngine
 from server.delivery._klaviyo import KlaviyoClient
+from server.intake._payload import decode_payload
 from server.store import SqliteStore
 from server.vault import KeyVault
 
@@ -36,7 +37,7 @@ class Forwarder:
 
     def __init__(self, config: ForwarderConfig) -> None:
         self._config = config
-        self.store = SqliteStore(config.store)
+        self.store = SqliteStore(config.store, decode_payload)
         self.vault = KeyVault(config.vault)
         self._client = KlaviyoClient(config.klaviyo)
         self.delivery = DeliveryEngine(self.store, self.vault, self._client, config.delivery)

@@ -133,7 +133,11 @@ def load_config(env: Mapping[str, str]) -> ForwarderConfig:
         max_delay_s=_number(env, "FORWARDER_RETRY_MAX_DELAY_S", 60.0),
         max_age_s=_number(env, "FORWARDER_RETRY_MAX_AGE_S", 24 * 3600.0),
     )
+    delivery_switch = env.get("FORWARDER_DELIVERY", "on").lower()
+    if delivery_switch not in ("on", "off"):
+        raise ConfigError("FORWARDER_DELIVERY must be on or off")
     delivery = DeliveryConfig(
+        enabled=delivery_switch == "on",
         single_threshold=_int(env, "FORWARDER_SINGLE_THRESHOLD", 20),
         poll_interval_s=_number(env, "FORWARDER_POLL_INTERVAL_S", 0.5),
         vault_retry_s=_number(env, "FORWARDER_VAULT_RETRY_S", 5.0),

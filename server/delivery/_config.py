@@ -27,6 +27,9 @@ class RetryPolicy:
 class DeliveryConfig:
     """The delivery engine's knobs."""
 
+    # False runs an intake-only replica (e.g. during a Klaviyo incident, or for benchmarks):
+    # events are queued and delivered by whichever replica has delivery on.
+    enabled: bool = True
     # At most this many due events are sent one by one (lowest latency); above it, Bulk
     # Create Events jobs (40x the throughput per request budget).
     single_threshold: int = 20

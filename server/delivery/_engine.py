@@ -74,6 +74,9 @@ class DeliveryEngine:
 
     async def start(self) -> None:
         """Start scheduling deliveries."""
+        if not self._config.enabled:
+            _log.info("delivery disabled: intake only")
+            return
         self._scheduler = asyncio.create_task(self._schedule(), name="delivery-scheduler")
 
     async def stop(self) -> None:

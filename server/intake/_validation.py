@@ -45,6 +45,7 @@ MAX_ARRAY: Final = 4000
 MAX_DEPTH: Final = 10
 
 SettingsLookup = Callable[[str], IntegrationSettings | None]
+_DEFAULTS: Final = IntegrationSettings()
 
 
 def check_workspace_id(value: str, field: str, out: list[Violation]) -> None:
@@ -90,11 +91,11 @@ def _check_url(value: str, field: str, out: list[Violation]) -> None:
 
 
 def _check_text(value: str, field: str, limit: int, out: list[Violation]) -> None:
-    if len(value.encode()) > limit:
+    if not _fits(value, limit):
         out.append(Violation(field, f"must be at most {limit} bytes"))
 
 
-def _check_identifiers(ids: pb.ProfileIdentifiers, field: str, out: list[Violation]) -> Identifiers:
+def _check_identifiers(ids: pb.ProfileIdentifiers, field: str, out: list[Violation]) -> None:
     if ids.email and not is_email(ids.email):
         out.append(Violation(f"{field}.email", "is not a valid email address"))
     if ids.phone_number and PHONE_PATTERN.fullmatch(ids.phone_number) is None:
@@ -103,22 +104,48 @@ def _check_identifiers(ids: pb.ProfileIdentifiers, field: str, out: list[Violati
         _check_text(ids.external_id, f"{field}.external_id", MAX_EXTERNAL_ID, out)
     if ids.kx and KX_PATTERN.fullmatch(ids.kx) is None:
         out.append(Violation(f"{field}.kx", "is not a Klaviyo exchange id (<token>.<6 characters>)"))
-    return Identifiers(ids.email, ids.phone_number, ids.external_id, ids.kx)
 
 
-def validate_click(
-    click: pb.Click, field: str, settings_for: SettingsLookup, now: float | None = None
-) -> NewClick | list[Violation]:
-    """The click ready to commit, or every violation found (field paths under ``field``)."""
-    now = time.time() if now is None else now
+# Sufficient conditions for a valid URL, checked in one regex call: an http(s) scheme, a host
+# without brackets or whitespace. Anything else takes the detailed path, which decides.
+_PLAIN_URL: Final = re.compile(r"(?i)https?://[^\x00-\x20/?#\[\]]+(?:[/?#][^\x00-\x1f]*)?")
+
+
+def _fits(value: str, limit: int) -> bool:
+    # UTF-8 needs at most 4 bytes a character: most strings pass without being encoded.
+    return len(value) * 4 <= limit or len(value.encode()) <= limit
+
+
+def _plainly_valid(click: pb.Click, now: float) -> bool:
+    """A fast check that implies every detailed check passes (the common case)."""
+    if (
+        WORKSPACE_ID.fullmatch(click.workspace_id) is None
+        or EVENT_ID.fullmatch(click.click_id) is None
+        or not click.HasField("click_time")
+    ):
+        return False
+    ts = click.click_time
+    if not (MIN_TIME <= ts.seconds <= now + MAX_AHEAD_S - 1 and 0 <= ts.nanos < 1_000_000_000):
+        return False
+    for url in (click.destination_url, click.short_url):
+        if url and (len(url) > MAX_URL or _PLAIN_URL.fullmatch(url) is None):
+            return False
+    if click.utm_parameters or (click.link_id and not _fits(click.link_id, MAX_LINK_ID)):
+        return False  # rare: validated in detail
+    ids = click.identifiers
+    if (ids.email and not is_email(ids.email)) or ids.phone_number or ids.external_id or ids.kx:
+        return False
+    return _fits(click.user_agent, MAX_USER_AGENT) and _fits(click.referrer, MAX_REFERRER)
+
+
+def _click_violations(click: pb.Click, field: str, now: float) -> list[Violation]:
     out: list[Violation] = []
     check_workspace_id(click.workspace_id, f"{field}.workspace_id", out)
     _check_event_id(click.click_id, f"{field}.click_id", out)
-    click_time = 0.0
     if not click.HasField("click_time"):
         out.append(Violation(f"{field}.click_time", "required"))
     else:
-        click_time = _check_time(click.click_time, f"{field}.click_time", now, out)
+        _check_time(click.click_time, f"{field}.click_time", now, out)
     _check_text(click.link_id, f"{field}.link_id", MAX_LINK_ID, out)
     _check_url(click.short_url, f"{field}.short_url", out)
     _check_url(click.destination_url, f"{field}.destination_url", out)
@@ -131,37 +158,45 @@ def validate_click(
         elif len(value) > MAX_UTM_VALUE:
             out.append(Violation(f"{field}.utm_parameters[{key!r}]",
                                  f"value must be at most {MAX_UTM_VALUE} characters"))
-    given = _check_identifiers(click.identifiers, f"{field}.identifiers", out)
+    _check_identifiers(click.identifiers, f"{field}.identifiers", out)
     _check_text(click.user_agent, f"{field}.user_agent", MAX_USER_AGENT, out)
     _check_text(click.referrer, f"{field}.referrer", MAX_REFERRER, out)
-    if out:
-        return out
+    return out
 
-    settings = settings_for(click.workspace_id) or IntegrationSettings()
-    identifiers = given
-    utm: dict[str, str] = {}
+
+def _url_identifiers(url: str, settings: IntegrationSettings) -> Identifiers | None:
+    """Identifiers in the URL's query, or None when it cannot carry any (no parsing needed)."""
+    mark = url.find("?")
+    if mark < 0:
+        return None
+    query = url[mark:]
+    if "_kx=" not in query and not any(f"{name}=" in query for name in settings.email_parameters):
+        return None
+    return facts_from_url(url, settings.email_parameters).identifiers
+
+
+def validate_click(
+    click: pb.Click, field: str, settings_for: SettingsLookup, now: float | None = None
+) -> NewClick | list[Violation]:
+    """The click ready to commit, or every violation found (field paths under ``field``)."""
+    now = time.time() if now is None else now
+    if not _plainly_valid(click, now):
+        out = _click_violations(click, field, now)
+        if out:
+            return out
+    ids = click.identifiers
+    identifiers = Identifiers(ids.email, ids.phone_number, ids.external_id, ids.kx)
     if click.destination_url:
-        facts = facts_from_url(click.destination_url, settings.email_parameters)
-        identifiers = given.merged_over(facts.identifiers)
-        utm = facts.utm
-    utm.update(click.utm_parameters)
-    properties: dict[str, Any] = {"click_id": click.click_id}
-    for name, value in (
-        ("link_id", click.link_id),
-        ("short_url", click.short_url),
-        ("destination_url", click.destination_url),
-        ("user_agent", click.user_agent),
-        ("referrer", click.referrer),
-    ):
-        if value:
-            properties[name] = value
-    properties.update(sorted(utm.items()))
+        found = _url_identifiers(click.destination_url, settings_for(click.workspace_id) or _DEFAULTS)
+        if found is not None:
+            identifiers = identifiers.merged_over(found)
+    ts = click.click_time
     return NewClick(
         workspace_id=click.workspace_id,
         click_id=click.click_id,
-        click_time=click_time,
+        click_time=ts.seconds + ts.nanos / 1e9,
         identifiers=identifiers,
-        properties=properties,
+        payload=click.SerializeToString(),
     )
 
 
@@ -210,7 +245,9 @@ def validate_conversion(
         out.append(Violation(f"{field}.properties", f"at most {MAX_PROPERTIES} properties"))
     else:
         _check_json(properties, f"{field}.properties", 1, out)
-    identifiers = _check_identifiers(conversion.identifiers, f"{field}.identifiers", out)
+    _check_identifiers(conversion.identifiers, f"{field}.identifiers", out)
+    ids = conversion.identifiers
+    identifiers = Identifiers(ids.email, ids.phone_number, ids.external_id, ids.kx)
     if not conversion.click_id and not identifiers.any() and not out:
         out.append(Violation(f"{field}.click_id", "required unless identifiers are given"))
     if out:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 DEFAULT_CLICK_METRIC = "Elido Link Clicked"
 DEFAULT_CONVERSION_METRIC = "Elido Conversion"
@@ -151,8 +151,9 @@ class NewClick:
     click_id: str
     click_time: float
     identifiers: Identifiers
-    # Event properties sent to Klaviyo (URL, link id, UTM parameters, user agent, …).
-    properties: Mapping[str, Any] = field(default_factory=dict)
+    # The click as received (serialized ``elido.forwarder.v1.Click``). Its Klaviyo properties
+    # are derived at delivery time, off the intake hot path, by a PayloadDecoder.
+    payload: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,15 @@ class NewConversion:
     # Identifiers the caller passed; the click's recorded identifiers take precedence.
     identifiers: Identifiers
     properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+class PayloadDecoder(Protocol):
+    """Turns a stored event payload into the Klaviyo event properties."""
+
+    def __call__(
+        self, kind: EventKind, payload: bytes, settings: IntegrationSettings
+    ) -> Mapping[str, Any]:
+        """The properties of an event of ``kind`` stored as ``payload``."""
 
 
 @dataclass(frozen=True, slots=True)

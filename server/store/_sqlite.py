@@ -37,6 +37,7 @@ from server.store._records import (
     NewClick,
     NewConversion,
     OutboxEvent,
+    PayloadDecoder,
 )
 
 _log = structlog.get_logger(__name__)
@@ -97,8 +98,9 @@ def _integration(row: sqlite3.Row) -> IntegrationRecord:
 class SqliteStore:
     """The store on one SQLite file."""
 
-    def __init__(self, config: SqliteConfig) -> None:
+    def __init__(self, config: SqliteConfig, decode: PayloadDecoder) -> None:
         self._config = config
+        self._decode = decode
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # Which workspaces have an integration, and their settings: consulted for every click,
@@ -366,7 +368,7 @@ class SqliteStore:
                         outcomes[i] = ClickOutcome.QUEUED
                         outbox_rows.append((workspace_id, EventKind.CLICK.value, click.click_id,
                                             click.click_time, now, ids_json,
-                                            _dumps(click.properties), None, "", now))
+                                            click.payload, None, "", now))
                     else:
                         outcomes[i] = ClickOutcome.ANONYMOUS
                         anonymous[workspace_id] += 1
@@ -375,7 +377,7 @@ class SqliteStore:
             if outbox_rows:
                 conn.executemany(
                     """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at, created_at,
-                           identifiers, properties, value, currency, next_attempt_at)
+                           identifiers, payload, value, currency, next_attempt_at)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     outbox_rows,
                 )
@@ -414,10 +416,10 @@ class SqliteStore:
                 return ConversionOutcome.UNATTRIBUTED
             conn.execute(
                 """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at, created_at,
-                       identifiers, properties, value, currency, next_attempt_at)
+                       identifiers, payload, value, currency, next_attempt_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (ws, EventKind.CONVERSION.value, conversion.conversion_id, conversion.conversion_time,
-                 now, _dumps(identifiers.to_dict()), _dumps(dict(conversion.properties)),
+                 now, _dumps(identifiers.to_dict()), _dumps(dict(conversion.properties)).encode(),
                  conversion.value, conversion.currency, now),
             )
             return ConversionOutcome.QUEUED
@@ -456,9 +458,11 @@ class SqliteStore:
         return await self._call(op)
 
     async def due_events(self, workspace_id: str, now: float, limit: int) -> list[OutboxEvent]:
+        settings = self._settings.get(workspace_id, IntegrationSettings())
+
         def op(conn: sqlite3.Connection) -> list[OutboxEvent]:
             rows = conn.execute(
-                """SELECT event_id, kind, source_id, occurred_at, created_at, identifiers, properties,
+                """SELECT event_id, kind, source_id, occurred_at, created_at, identifiers, payload,
                           value, currency, attempts
                    FROM outbox WHERE workspace_id = ? AND status = ? AND next_attempt_at <= ?
                    ORDER BY next_attempt_at, event_id LIMIT ?""",
@@ -466,9 +470,9 @@ class SqliteStore:
             ).fetchall()
             return [
                 OutboxEvent(
-                    event_id=r[0], workspace_id=workspace_id, kind=EventKind(r[1]), source_id=r[2],
+                    event_id=r[0], workspace_id=workspace_id, kind=(kind := EventKind(r[1])), source_id=r[2],
                     occurred_at=r[3], created_at=r[4], identifiers=Identifiers.from_dict(json.loads(r[5])),
-                    properties=json.loads(r[6]), value=r[7], currency=r[8], attempts=r[9],
+                    properties=self._decode(kind, r[6], settings), value=r[7], currency=r[8], attempts=r[9],
                 )
                 for r in rows
             ]

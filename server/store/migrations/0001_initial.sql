@@ -26,7 +26,8 @@ CREATE TABLE outbox (
     occurred_at     REAL NOT NULL,
     created_at      REAL NOT NULL,
     identifiers     TEXT NOT NULL,
-    properties      TEXT NOT NULL,
+    -- clicks: the serialized Click; conversions: their properties as JSON.
+    payload         BLOB NOT NULL,
     value           REAL,
     currency        TEXT NOT NULL DEFAULT '',
     status          INTEGER NOT NULL DEFAULT 0,
