@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.openbao",
     "tests.support.klaviyo",
     "tests.support.forwarder",
+    "tests.support.pki",
 ]

@@ -7,6 +7,7 @@ event we accept is one Klaviyo accepts.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -164,13 +165,15 @@ def _click_violations(click: pb.Click, field: str, now: float) -> list[Violation
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _identifier_parameters(email_parameters: tuple[str, ...]) -> re.Pattern[str]:
+    names = "|".join(re.escape(n) for n in (*email_parameters, "_kx"))
+    return re.compile(rf"[?&](?:{names})=")
+
+
 def _url_identifiers(url: str, settings: IntegrationSettings) -> Identifiers | None:
     """Identifiers in the URL's query, or None when it cannot carry any (no parsing needed)."""
-    mark = url.find("?")
-    if mark < 0:
-        return None
-    query = url[mark:]
-    if "_kx=" not in query and not any(f"{name}=" in query for name in settings.email_parameters):
+    if _identifier_parameters(settings.email_parameters).search(url) is None:
         return None
     return facts_from_url(url, settings.email_parameters).identifiers
 

@@ -137,9 +137,20 @@ class SqliteStore:
                         self._ops.put(nxt)  # keep order-insensitive ops for the next turn
                         break
                     batch.append(nxt)
-            self._execute(conn, batch)
+            try:
+                self._execute(conn, batch)
+            except Exception:  # the thread must outlive any one op, or every caller hangs
+                _log.exception("store thread error")
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(RuntimeError("store error"))
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        # A caller that gave up (its task was cancelled) does not get its op run; every op
+        # that does run can no longer be cancelled, so its result is always deliverable.
+        batch = [op for op in batch if op.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         results: list[tuple[_Op, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")

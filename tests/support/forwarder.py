@@ -102,7 +102,8 @@ class ForwarderProcess:
             return self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            self.process.wait()
+            raise RuntimeError(f"forwarder did not drain within {timeout_s}s of SIGTERM:\n{self.logs()[-3000:]}") from None
 
     def kill(self) -> None:
         """SIGKILL: no drain, no cleanup — what a crash looks like."""
