@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from elido.forwarder.v1 import forwarder_pb2 as pb
 from elido.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
 
 
 class NoopForwarder(pb_grpc.ForwarderServiceServicer):
-    async def ForwardClick(self, request: pb.ForwardClickRequest, context: Any) -> pb.ForwardClickResponse:  # noqa: N802
+    async def ForwardClick(
+        self, request: pb.ForwardClickRequest, context: Any
+    ) -> pb.ForwardClickResponse:
         return pb.ForwardClickResponse(disposition=pb.CLICK_DISPOSITION_QUEUED)
 
-    async def StreamClicks(  # noqa: N802
+    async def StreamClicks(
         self, request_iterator: AsyncIterator[pb.StreamClicksRequest], context: Any
     ) -> AsyncIterator[pb.StreamClicksResponse]:
         async for request in request_iterator:
@@ -34,7 +35,7 @@ async def main(port_file: Path) -> None:
     pb_grpc.add_ForwarderServiceServicer_to_server(NoopForwarder(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    port_file.write_text(str(port))
+    port_file.write_text(str(port))  # noqa: ASYNC240 - once, before serving; nothing to block
     await server.wait_for_termination()
 
 

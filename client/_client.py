@@ -251,7 +251,8 @@ class AsyncForwarderClient:
             batch_size=batch_size,
             max_in_flight=max_in_flight,
             linger_s=linger_s,
-            ack_timeout_s=self._config.default_timeout_s if ack_timeout_s is None
+            ack_timeout_s=self._config.default_timeout_s
+            if ack_timeout_s is None
             else ack_timeout_s,
         )
 
@@ -261,9 +262,7 @@ class AsyncForwarderClient:
 
         return stream_clicks(open_stream, clicks, settings=settings, retry=self._config.retry)
 
-    async def check_health(
-        self, service: str = "", *, timeout_s: float | None = None
-    ) -> int:
+    async def check_health(self, service: str = "", *, timeout_s: float | None = None) -> int:
         """The ``grpc.health.v1`` serving status (``HealthCheckResponse.ServingStatus``)."""
         stub = health_pb2_grpc.HealthStub(self._channel)
         response = await self._unary(

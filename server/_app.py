@@ -10,11 +10,11 @@ from typing import Final
 
 import grpc
 import structlog
+from elido.forwarder.v1 import forwarder_pb2, forwarder_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from elido.forwarder.v1 import forwarder_pb2, forwarder_pb2_grpc
 from server._auth import TokenRegistry
 from server._config import ConfigError, ForwarderConfig
 from server._interceptors import AuthInterceptor, ObservabilityInterceptor
@@ -41,7 +41,7 @@ class Forwarder:
         self.vault = KeyVault(config.vault)
         self._client = KlaviyoClient(config.klaviyo)
         self.delivery = DeliveryEngine(self.store, self.vault, self._client, config.delivery)
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # re-exported at runtime, not in its stubs
         self._server: grpc.aio.Server | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.port = 0
@@ -53,7 +53,9 @@ class Forwarder:
         try:
             return TokenRegistry.from_file(path)
         except OSError as exc:
-            raise ConfigError(f"FORWARDER_TOKENS_FILE: cannot read {path}: {exc.strerror}") from None
+            raise ConfigError(
+                f"FORWARDER_TOKENS_FILE: cannot read {path}: {exc.strerror}"
+            ) from None
 
     async def start(self) -> int:
         """Open everything and start serving; returns the bound port."""
@@ -84,7 +86,9 @@ class Forwarder:
         else:
             credentials = grpc.ssl_server_credentials(
                 [(cfg.tls.key_file.read_bytes(), cfg.tls.cert_file.read_bytes())],
-                root_certificates=cfg.tls.client_ca_file.read_bytes() if cfg.tls.client_ca_file else None,
+                root_certificates=cfg.tls.client_ca_file.read_bytes()
+                if cfg.tls.client_ca_file
+                else None,
                 require_client_auth=cfg.tls.client_ca_file is not None,
             )
             self.port = server.add_secure_port(cfg.listen, credentials)
@@ -98,8 +102,13 @@ class Forwarder:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         if cfg.port_file is not None:
             cfg.port_file.write_text(str(self.port))
-        _log.info("forwarder listening", listen=cfg.listen, port=self.port, tls=cfg.tls is not None,
-                  db=str(self._config.store.path))
+        _log.info(
+            "forwarder listening",
+            listen=cfg.listen,
+            port=self.port,
+            tls=cfg.tls is not None,
+            db=str(self._config.store.path),
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -132,7 +141,7 @@ class Forwarder:
                     last_prune = now
                     if pruned:
                         _log.info("click index pruned", entries=pruned)
-            except Exception as exc:  # noqa: BLE001 - housekeeping must not take the server down
+            except Exception as exc:
                 _log.warning("housekeeping failed", error=str(exc))
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
 

@@ -73,7 +73,9 @@ class TokenRegistry:
     """Maps presented bearer tokens to principals."""
 
     def __init__(self, entries: Iterable[tuple[str, frozenset[Role], str]]) -> None:
-        self._entries = [(bytes.fromhex(digest), Principal(name, roles)) for name, roles, digest in entries]
+        self._entries = [
+            (bytes.fromhex(digest), Principal(name, roles)) for name, roles, digest in entries
+        ]
 
     @classmethod
     def from_file(cls, path: Path) -> TokenRegistry:
@@ -94,7 +96,7 @@ class TokenRegistry:
 
     def authenticate(self, authorization: str | None) -> Principal | None:
         """The principal for an ``authorization`` header value, or None."""
-        if not authorization or not authorization[:7].lower() == "bearer ":
+        if not authorization or authorization[:7].lower() != "bearer ":
             return None
         presented = hashlib.sha256(authorization[7:].strip().encode()).digest()
         found: Principal | None = None

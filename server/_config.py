@@ -123,10 +123,13 @@ def load_config(env: Mapping[str, str]) -> ForwarderConfig:
         timeout_s=_number(env, "KLAVIYO_TIMEOUT_S", 10.0),
     )
     limits = RateLimitConfig(
-        events=RateWindow(_int(env, "KLAVIYO_EVENTS_BURST_PER_S", 350),
-                          _int(env, "KLAVIYO_EVENTS_STEADY_PER_MIN", 3500)),
-        bulk=RateWindow(_int(env, "KLAVIYO_BULK_BURST_PER_S", 10),
-                        _int(env, "KLAVIYO_BULK_STEADY_PER_MIN", 150)),
+        events=RateWindow(
+            _int(env, "KLAVIYO_EVENTS_BURST_PER_S", 350),
+            _int(env, "KLAVIYO_EVENTS_STEADY_PER_MIN", 3500),
+        ),
+        bulk=RateWindow(
+            _int(env, "KLAVIYO_BULK_BURST_PER_S", 10), _int(env, "KLAVIYO_BULK_STEADY_PER_MIN", 150)
+        ),
     )
     retry = RetryPolicy(
         base_s=_number(env, "FORWARDER_RETRY_BASE_S", 0.5),

@@ -123,5 +123,7 @@ def vault_unavailable(retry_after_s: float = 5.0) -> ApiError:
 
 async def abort(context: grpc.aio.ServicerContext[object, object], error: ApiError) -> NoReturn:
     """End the RPC with ``error``'s status and details."""
-    await context.abort_with_status(error.to_status())
-    raise AssertionError("abort_with_status returned")  # pragma: no cover - grpc always raises
+    status = error.to_status()
+    # abort() with the status's trailers is abort_with_status(), in the form grpc-stubs types.
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned")  # pragma: no cover - grpc always raises

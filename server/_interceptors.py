@@ -9,26 +9,27 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
-
-from server._auth import METHOD_ROLES, Principal, Role, TokenRegistry
 from google.protobuf.message import DecodeError
 
-from server._errors import ApiError, Reason, Violation, invalid_argument
+from server._auth import METHOD_ROLES, Principal, Role, TokenRegistry
+from server._errors import ApiError, Reason, Violation, abort, invalid_argument
 from server._metrics import RPC_LATENCY
 
 _log = structlog.get_logger("server.rpc")
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+# Strings: grpc's runtime classes are not generic, only their stubs are.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]"
 
 
 def _metadata(details: grpc.HandlerCallDetails, key: str) -> str | None:
-    for item in details.invocation_metadata or ():
-        if item.key == key:
-            value = item.value
+    # At runtime these are _Metadatum(key, value) named tuples.
+    for item_key, value in details.invocation_metadata or ():
+        if item_key == key:
             return value.decode() if isinstance(value, bytes) else value
     return None
 
@@ -65,14 +66,14 @@ async def _checked(requests: Any) -> AsyncIterator[Any]:
         yield request
 
 
-def _rejecting_handler(streaming: bool, error: ApiError) -> grpc.RpcMethodHandler:
+def _rejecting_handler(streaming: bool, error: ApiError) -> Handler:
     async def reject_unary(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort_with_status(error.to_status())
+        await abort(context, error)
 
     async def reject_stream(
         _requests: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        await context.abort_with_status(error.to_status())
+        await abort(context, error)
         yield  # pragma: no cover - makes this an async generator
 
     if streaming:
@@ -80,7 +81,7 @@ def _rejecting_handler(streaming: bool, error: ApiError) -> grpc.RpcMethodHandle
     return grpc.unary_unary_rpc_method_handler(reject_unary)
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc-stubs types it as Any
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # not generic at runtime
     """Requires ``authorization: Bearer <token>`` with the role the method needs."""
 
     def __init__(self, registry: TokenRegistry) -> None:
@@ -88,12 +89,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler:
         role = METHOD_ROLES.get(details.method)
         if role is None:
             return await continuation(details)
         streaming = details.method.endswith("/StreamClicks")
-        principal: Principal | None = self._registry.authenticate(_metadata(details, "authorization"))
+        principal: Principal | None = self._registry.authenticate(
+            _metadata(details, "authorization")
+        )
         if principal is None:
             return _rejecting_handler(
                 streaming,
@@ -116,12 +119,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         return await continuation(details)
 
 
-class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # see above
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # not generic at runtime
     """Binds a request id to every log line of a call, logs its outcome, times it."""
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler:
         handler = await continuation(details)
         if handler is None:
             return None
@@ -130,15 +133,21 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         request_id = _metadata(details, "x-request-id") or uuid.uuid4().hex[:16]
         quiet = METHOD_ROLES.get(method) is Role.INGEST or not method.startswith("/elido.")
 
-        def finish(context: grpc.aio.ServicerContext[Any, Any], started: float, exc: BaseException | None) -> None:
+        def finish(
+            context: grpc.aio.ServicerContext[Any, Any], started: float, exc: BaseException | None
+        ) -> None:
             code = context.code() if hasattr(context, "code") else None
             code_name = (
                 code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if exc else "OK")
             )
             elapsed = time.perf_counter() - started
             RPC_LATENCY.labels(short, code_name).observe(elapsed)
-            log = _log.bind(method=short, code=code_name, request_id=request_id,
-                            duration_ms=round(elapsed * 1000, 2))
+            log = _log.bind(
+                method=short,
+                code=code_name,
+                request_id=request_id,
+                duration_ms=round(elapsed * 1000, 2),
+            )
             if code_name != "OK":
                 log.warning("rpc finished")
             elif not quiet:
@@ -147,7 +156,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 log.debug("rpc finished")
 
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
+            # grpc-stubs types handler behaviours as synchronous; on grpc.aio they are coroutines.
+            inner: Any = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 started = time.perf_counter()
@@ -155,7 +165,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 exc: BaseException | None = None
                 try:
                     if request is _UNDECODABLE:
-                        await context.abort_with_status(_GARBAGE.to_status())
+                        await abort(context, _GARBAGE)
                     return await inner(request, context)
                 except BaseException as e:
                     exc = e
@@ -168,9 +178,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 unary_unary=unary, request_deserializer=_lenient(handler.request_deserializer)
             )
         if handler.stream_stream is not None:
-            inner_stream = handler.stream_stream
+            inner_stream: Any = handler.stream_stream
 
-            async def stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async def stream(
+                requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
                 started = time.perf_counter()
                 structlog.contextvars.bind_contextvars(request_id=request_id)
                 exc: BaseException | None = None

@@ -38,7 +38,9 @@ def _scrub_value(value: Any) -> Any:
     if isinstance(value, str):
         return _scrub(value)
     if isinstance(value, dict):
-        return {k: "[REDACTED]" if k in _SECRET_FIELDS else _scrub_value(v) for k, v in value.items()}
+        return {
+            k: "[REDACTED]" if k in _SECRET_FIELDS else _scrub_value(v) for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_scrub_value(v) for v in value]
     if isinstance(value, int | float | bool) or value is None:

@@ -101,7 +101,9 @@ def run(
     except ForwarderError as exc:
         assert config is not None
         message = describe(
-            exc, target=config.target, has_token=bool(config.token),
+            exc,
+            target=config.target,
+            has_token=bool(config.token),
             timeout_s=config.default_timeout_s,
         )
         stderr.write(f"elido-fwd: error: {message}\n")

@@ -140,19 +140,20 @@ def _read_json_items(source: str, stdin: TextIO) -> list[Any]:
     return document if isinstance(document, list) else [document]
 
 
-def _messages(
-    items: list[Any], message_type: type[_M], what: str
-) -> list[_M]:
+def _messages(items: list[Any], message_type: type[_M], what: str) -> list[_M]:
     messages = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise CliError(f"invalid input: --from-json item {index}: expected a JSON object",
-                           ExitCode.INVALID_INPUT)
+            raise CliError(
+                f"invalid input: --from-json item {index}: expected a JSON object",
+                ExitCode.INVALID_INPUT,
+            )
         try:
             messages.append(json_format.ParseDict(item, message_type()))
         except json_format.ParseError as exc:
-            raise CliError(f"invalid input: --from-json item {index} ({what}): {exc}",
-                           ExitCode.INVALID_INPUT) from None
+            raise CliError(
+                f"invalid input: --from-json item {index} ({what}): {exc}", ExitCode.INVALID_INPUT
+            ) from None
     return messages
 
 
@@ -196,9 +197,11 @@ async def send_clicks(args: argparse.Namespace, client: AsyncForwarderClient, io
     results: list[pb.ClickResult] = []
     if len(clicks) == 1:
         response = await client.forward_click(clicks[0])
-        results.append(pb.ClickResult(click_id=clicks[0].click_id,
-                                      disposition=response.disposition))
+        results.append(
+            pb.ClickResult(click_id=clicks[0].click_id, disposition=response.disposition)
+        )
     else:
+
         async def source() -> AsyncIterator[pb.Click]:
             for click in clicks:
                 yield click
@@ -208,12 +211,19 @@ async def send_clicks(args: argparse.Namespace, client: AsyncForwarderClient, io
     if args.json:
         out.write_json(io.stdout, {"results": [out.to_dict(r) for r in results]})
     else:
-        io.stdout.write(out.table(
-            ["CLICK ID", "DISPOSITION", "PROBLEMS"],
-            ([r.click_id, out.click_disposition(r.disposition),
-              "; ".join(f"{v.field}: {v.description}" for v in r.field_violations) or "-"]
-             for r in results),
-        ))
+        io.stdout.write(
+            out.table(
+                ["CLICK ID", "DISPOSITION", "PROBLEMS"],
+                (
+                    [
+                        r.click_id,
+                        out.click_disposition(r.disposition),
+                        "; ".join(f"{v.field}: {v.description}" for v in r.field_violations) or "-",
+                    ]
+                    for r in results
+                ),
+            )
+        )
     rejected = any(r.disposition == pb.CLICK_DISPOSITION_REJECTED for r in results)
     return ExitCode.INVALID_INPUT if rejected else ExitCode.OK
 
@@ -257,14 +267,22 @@ async def send_conversions(
         response = await client.forward_conversion(conversion)
         rows.append((conversion.conversion_id, response.disposition))
     if args.json:
-        out.write_json(io.stdout, {"results": [
-            {"conversion_id": cid, "disposition": pb.ConversionDisposition.Name(d)}
-            for cid, d in rows]})
+        out.write_json(
+            io.stdout,
+            {
+                "results": [
+                    {"conversion_id": cid, "disposition": pb.ConversionDisposition.Name(d)}
+                    for cid, d in rows
+                ]
+            },
+        )
     else:
-        io.stdout.write(out.table(
-            ["CONVERSION ID", "DISPOSITION"],
-            ([cid, out.conversion_disposition(d)] for cid, d in rows),
-        ))
+        io.stdout.write(
+            out.table(
+                ["CONVERSION ID", "DISPOSITION"],
+                ([cid, out.conversion_disposition(d)] for cid, d in rows),
+            )
+        )
     return ExitCode.OK
 
 
@@ -284,9 +302,7 @@ async def list_failed(args: argparse.Namespace, client: AsyncForwarderClient, io
 
 
 async def replay(args: argparse.Namespace, client: AsyncForwarderClient, io: Io) -> ExitCode:
-    response = await client.replay_failed_events(
-        args.workspace, args.event_id, all_events=args.all
-    )
+    response = await client.replay_failed_events(args.workspace, args.event_id, all_events=args.all)
     if args.json:
         out.write_json(io.stdout, out.to_dict(response))
     else:

@@ -116,9 +116,7 @@ def describe(error: ForwarderError, *, target: str, has_token: bool, timeout_s: 
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"no answer from the forwarder at {target} within {timeout_s:g}s"
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
-        after = (
-            f"; retry after {error.retry_delay.total_seconds():g}s" if error.retry_delay else ""
-        )
+        after = f"; retry after {error.retry_delay.total_seconds():g}s" if error.retry_delay else ""
         reason = f" ({error.reason})" if error.reason else ""
         return f"forwarder at {target} unavailable{reason}: {message}{after}"
     reason = f" [{error.reason}]" if error.reason else ""

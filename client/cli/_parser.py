@@ -59,24 +59,58 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) 
         return argparse.SUPPRESS if suppress else value
 
     group = parser.add_argument_group("connection")
-    group.add_argument("--target", default=default(None),
-                       help="forwarder host:port (env ELIDO_FORWARDER_TARGET)")
-    group.add_argument("--token-file", default=default(None), metavar="PATH",
-                       help="file holding the bearer token (env ELIDO_FORWARDER_TOKEN_FILE)")
-    group.add_argument("--ca", default=default(None), metavar="PATH",
-                       help="CA bundle to verify the server; enables TLS (env ELIDO_FORWARDER_CA)")
-    group.add_argument("--client-cert", default=default(None), metavar="PATH",
-                       help="client certificate for mTLS (env ELIDO_FORWARDER_CERT)")
-    group.add_argument("--client-key", default=default(None), metavar="PATH",
-                       help="client certificate's key for mTLS (env ELIDO_FORWARDER_KEY)")
-    group.add_argument("--tls", action="store_true", default=default(False),
-                       help="use TLS with the system's CA roots (env ELIDO_FORWARDER_TLS=1)")
-    group.add_argument("--insecure", action="store_true", default=default(False),
-                       help="allow sending the token in plaintext to a non-loopback target")
-    group.add_argument("--timeout", type=float, default=default(None), metavar="SECONDS",
-                       help="deadline of each call, retries included (default 10)")
-    group.add_argument("--json", action="store_true", default=default(False),
-                       help="print JSON for scripts instead of tables")
+    group.add_argument(
+        "--target", default=default(None), help="forwarder host:port (env ELIDO_FORWARDER_TARGET)"
+    )
+    group.add_argument(
+        "--token-file",
+        default=default(None),
+        metavar="PATH",
+        help="file holding the bearer token (env ELIDO_FORWARDER_TOKEN_FILE)",
+    )
+    group.add_argument(
+        "--ca",
+        default=default(None),
+        metavar="PATH",
+        help="CA bundle to verify the server; enables TLS (env ELIDO_FORWARDER_CA)",
+    )
+    group.add_argument(
+        "--client-cert",
+        default=default(None),
+        metavar="PATH",
+        help="client certificate for mTLS (env ELIDO_FORWARDER_CERT)",
+    )
+    group.add_argument(
+        "--client-key",
+        default=default(None),
+        metavar="PATH",
+        help="client certificate's key for mTLS (env ELIDO_FORWARDER_KEY)",
+    )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="use TLS with the system's CA roots (env ELIDO_FORWARDER_TLS=1)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        default=default(False),
+        help="allow sending the token in plaintext to a non-loopback target",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=default(None),
+        metavar="SECONDS",
+        help="deadline of each call, retries included (default 10)",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print JSON for scripts instead of tables",
+    )
 
 
 def _leaf(
@@ -113,15 +147,27 @@ def build_parser(
     register = _leaf(actions, "register", "connect a workspace, or replace its key/settings")
     register.add_argument("--workspace", required=True)
     register.add_argument(
-        "--key-file", required=True, metavar="PATH|-",
+        "--key-file",
+        required=True,
+        metavar="PATH|-",
         help="file holding the Klaviyo private key, or - for stdin (never pass the key itself)",
     )
     register.add_argument("--click-metric", default="", help="metric name for clicks")
     register.add_argument("--conversion-metric", default="", help="metric name for conversions")
-    register.add_argument("--email-param", action="append", default=[], metavar="NAME",
-                          help="link parameter carrying the email (repeatable)")
-    register.add_argument("--backfill-after", type=parse_duration, default=None,
-                          metavar="DURATION", help="older events are sent as backfill (24h)")
+    register.add_argument(
+        "--email-param",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="link parameter carrying the email (repeatable)",
+    )
+    register.add_argument(
+        "--backfill-after",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="older events are sent as backfill (24h)",
+    )
     get = _leaf(actions, "get", "show one integration's settings and delivery status")
     get.add_argument("--workspace", required=True)
     listing = _leaf(actions, "list", "list every integration")
@@ -145,12 +191,14 @@ def build_parser(
     send.add_argument("--time", type=parse_time, default=None, help="ISO 8601; default now")
     send.add_argument("--user-agent", default="")
     send.add_argument("--referrer", default="")
-    send.add_argument("--from-json", metavar="PATH|-",
-                      help="read clicks (an object, an array, or JSON lines) instead of flags")
+    send.add_argument(
+        "--from-json",
+        metavar="PATH|-",
+        help="read clicks (an object, an array, or JSON lines) instead of flags",
+    )
 
     conversions = commands.add_parser("conversions", help="report conversions by hand")
-    conversion_actions = conversions.add_subparsers(dest="action", required=True,
-                                                    metavar="ACTION")
+    conversion_actions = conversions.add_subparsers(dest="action", required=True, metavar="ACTION")
     csend = _leaf(conversion_actions, "send", "report one conversion, or many from JSON")
     csend.add_argument("--workspace", default="")
     csend.add_argument("--conversion-id", default="", help="default: a new random id")
@@ -158,11 +206,20 @@ def build_parser(
     csend.add_argument("--value", type=float, default=0.0)
     csend.add_argument("--currency", default="", help="ISO 4217 code, e.g. USD")
     csend.add_argument("--time", type=parse_time, default=None, help="ISO 8601; default now")
-    csend.add_argument("--property", action="append", type=parse_pair, default=[],
-                       metavar="NAME=VALUE", help="event property; VALUE may be JSON")
+    csend.add_argument(
+        "--property",
+        action="append",
+        type=parse_pair,
+        default=[],
+        metavar="NAME=VALUE",
+        help="event property; VALUE may be JSON",
+    )
     _identifier_options(csend)
-    csend.add_argument("--from-json", metavar="PATH|-",
-                       help="read conversions (an object, an array, or JSON lines)")
+    csend.add_argument(
+        "--from-json",
+        metavar="PATH|-",
+        help="read conversions (an object, an array, or JSON lines)",
+    )
 
     failed = commands.add_parser("failed", help="inspect and replay failed events")
     failed_actions = failed.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -173,8 +230,13 @@ def build_parser(
     replay.add_argument("--workspace", required=True)
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every failed event of the workspace")
-    which.add_argument("--event-id", action="append", default=[], metavar="ID",
-                       help="one event to replay (repeatable)")
+    which.add_argument(
+        "--event-id",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="one event to replay (repeatable)",
+    )
 
     health = _leaf(commands, "health", "check the forwarder's health (grpc.health.v1)")
     health.add_argument("--service", default="", help="service name (default: the server)")

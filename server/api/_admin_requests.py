@@ -8,6 +8,7 @@ import re
 from typing import Final
 
 from elido.forwarder.v1 import forwarder_pb2 as pb
+
 from server._errors import Violation, invalid_argument
 from server._secret import is_valid_private_key
 from server.intake._validation import check_workspace_id
@@ -43,18 +44,33 @@ def validate_register(request: pb.RegisterIntegrationRequest) -> IntegrationSett
         out.append(Violation("private_key", "required"))
     elif not is_valid_private_key(request.private_key):
         # Never echo the value: a near-miss is still most of a secret.
-        out.append(Violation("private_key", "must be a Klaviyo private API key: pk_ followed by letters and digits"))
+        out.append(
+            Violation(
+                "private_key",
+                "must be a Klaviyo private API key: pk_ followed by letters and digits",
+            )
+        )
     s = request.settings
     defaults = IntegrationSettings()
-    click_metric = _metric_name(s.click_metric_name, "settings.click_metric_name",
-                                defaults.click_metric_name, out)
-    conversion_metric = _metric_name(s.conversion_metric_name, "settings.conversion_metric_name",
-                                     defaults.conversion_metric_name, out)
+    click_metric = _metric_name(
+        s.click_metric_name, "settings.click_metric_name", defaults.click_metric_name, out
+    )
+    conversion_metric = _metric_name(
+        s.conversion_metric_name,
+        "settings.conversion_metric_name",
+        defaults.conversion_metric_name,
+        out,
+    )
     if len(s.email_parameters) > MAX_EMAIL_PARAMETERS:
         out.append(Violation("settings.email_parameters", f"at most {MAX_EMAIL_PARAMETERS} names"))
     for i, name in enumerate(s.email_parameters):
         if PARAMETER_NAME.fullmatch(name) is None:
-            out.append(Violation(f"settings.email_parameters[{i}]", "must be 1-64 characters of A-Z a-z 0-9 _ . - [ ]"))
+            out.append(
+                Violation(
+                    f"settings.email_parameters[{i}]",
+                    "must be 1-64 characters of A-Z a-z 0-9 _ . - [ ]",
+                )
+            )
     backfill_s = defaults.backfill_after_s
     if s.HasField("backfill_after"):
         d = s.backfill_after
@@ -93,7 +109,9 @@ def decode_page_token(token: str, field: str = "page_token") -> str:
     try:
         return base64.urlsafe_b64decode(token.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise invalid_argument([Violation(field, "is not a token from a previous response")]) from None
+        raise invalid_argument(
+            [Violation(field, "is not a token from a previous response")]
+        ) from None
 
 
 def event_ids(values: list[str], all_: bool) -> list[int] | None:
@@ -114,4 +132,3 @@ def event_ids(values: list[str], all_: bool) -> list[int] | None:
     if bad:
         raise invalid_argument(bad)
     return parsed
-

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.protobuf import timestamp_pb2
 
-from elido.forwarder.v1 import forwarder_pb2 as pb
 from server.store._records import (
     ClickOutcome,
     ConversionOutcome,
@@ -34,7 +34,10 @@ _STATE: Final = {
     IntegrationState.ACTIVE: pb.INTEGRATION_STATE_ACTIVE,
     IntegrationState.KEY_REJECTED: pb.INTEGRATION_STATE_KEY_REJECTED,
 }
-_KIND: Final = {EventKind.CLICK: pb.EVENT_KIND_CLICK, EventKind.CONVERSION: pb.EVENT_KIND_CONVERSION}
+_KIND: Final = {
+    EventKind.CLICK: pb.EVENT_KIND_CLICK,
+    EventKind.CONVERSION: pb.EVENT_KIND_CONVERSION,
+}
 
 
 def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:

@@ -10,10 +10,18 @@ from typing import Any, Final, Protocol
 
 import grpc
 import structlog
-
 from elido.forwarder.v1 import forwarder_pb2 as pb
 from elido.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
-from server._errors import ApiError, Reason, Violation, abort, invalid_argument, not_found, vault_unavailable
+
+from server._errors import (
+    ApiError,
+    Reason,
+    Violation,
+    abort,
+    invalid_argument,
+    not_found,
+    vault_unavailable,
+)
 from server._metrics import INTAKE
 from server._secret import PrivateKey
 from server.api import _admin_requests as admin
@@ -49,8 +57,14 @@ class _Batch:
 
     __slots__ = ("batch_id", "commit", "results", "slots", "workspaces")
 
-    def __init__(self, batch_id: int, results: list[pb.ClickResult], slots: list[int],
-                 workspaces: list[str], commit: asyncio.Future[list[ClickOutcome]] | None) -> None:
+    def __init__(
+        self,
+        batch_id: int,
+        results: list[pb.ClickResult],
+        slots: list[int],
+        workspaces: list[str],
+        commit: asyncio.Future[list[ClickOutcome]] | None,
+    ) -> None:
         self.batch_id = batch_id
         self.results = results
         # Where each committed click's result goes, and its workspace.
@@ -70,9 +84,14 @@ def _handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except VaultUnavailable:
             await abort(context, vault_unavailable())
         except VaultDenied:
-            await abort(context, ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                                          "the key vault denied the forwarder's request; check its policy",
-                                          Reason.VAULT_DENIED))
+            await abort(
+                context,
+                ApiError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "the key vault denied the forwarder's request; check its policy",
+                    Reason.VAULT_DENIED,
+                ),
+            )
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -95,26 +114,35 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         return integration_message(record, await self._store.delivery_counters(workspace_id))
 
     @_handles_errors
-    async def RegisterIntegration(  # noqa: N802 - gRPC method names are PascalCase
+    async def RegisterIntegration(
         self, request: pb.RegisterIntegrationRequest, context: Context
     ) -> pb.RegisterIntegrationResponse:
         settings = admin.validate_register(request)
         key = PrivateKey(request.private_key)
         encrypted = await self._vault.encrypt(request.workspace_id, key)
         record, replaced = await self._store.upsert_integration(
-            request.workspace_id, encrypted.ciphertext, key.fingerprint, encrypted.key_version,
-            settings, time.time(),
+            request.workspace_id,
+            encrypted.ciphertext,
+            key.fingerprint,
+            encrypted.key_version,
+            settings,
+            time.time(),
         )
         self._vault.forget(request.workspace_id)
         self._wakeup.notify({request.workspace_id})
-        _log.info("integration registered", workspace_id=request.workspace_id,
-                  key_fingerprint=key.fingerprint, replaced=replaced)
+        _log.info(
+            "integration registered",
+            workspace_id=request.workspace_id,
+            key_fingerprint=key.fingerprint,
+            replaced=replaced,
+        )
         counters = await self._store.delivery_counters(request.workspace_id)
-        return pb.RegisterIntegrationResponse(integration=integration_message(record, counters),
-                                              replaced=replaced)
+        return pb.RegisterIntegrationResponse(
+            integration=integration_message(record, counters), replaced=replaced
+        )
 
     @_handles_errors
-    async def RemoveIntegration(  # noqa: N802
+    async def RemoveIntegration(
         self, request: pb.RemoveIntegrationRequest, context: Context
     ) -> pb.RemoveIntegrationResponse:
         admin.require_workspace_id(request.workspace_id)
@@ -130,14 +158,14 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         return pb.RemoveIntegrationResponse(dropped_event_count=dropped)
 
     @_handles_errors
-    async def GetIntegration(  # noqa: N802
+    async def GetIntegration(
         self, request: pb.GetIntegrationRequest, context: Context
     ) -> pb.GetIntegrationResponse:
         admin.require_workspace_id(request.workspace_id)
         return pb.GetIntegrationResponse(integration=await self._integration(request.workspace_id))
 
     @_handles_errors
-    async def ListIntegrations(  # noqa: N802
+    async def ListIntegrations(
         self, request: pb.ListIntegrationsRequest, context: Context
     ) -> pb.ListIntegrationsResponse:
         size = admin.page_size(request.page_size)
@@ -153,7 +181,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         return response
 
     @_handles_errors
-    async def RewrapKeys(  # noqa: N802
+    async def RewrapKeys(
         self, request: pb.RewrapKeysRequest, context: Context
     ) -> pb.RewrapKeysResponse:
         if request.workspace_id:
@@ -185,7 +213,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
 
     # -- intake --------------------------------------------------------------------------
     @_handles_errors
-    async def ForwardClick(  # noqa: N802
+    async def ForwardClick(
         self, request: pb.ForwardClickRequest, context: Context
     ) -> pb.ForwardClickResponse:
         if not request.HasField("click"):
@@ -204,7 +232,9 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         if request.batch_id == 0:
             problems.append(Violation("batch_id", "required (nonzero)"))
         elif request.batch_id <= previous_id:
-            problems.append(Violation("batch_id", f"must increase within a stream (previous {previous_id})"))
+            problems.append(
+                Violation("batch_id", f"must increase within a stream (previous {previous_id})")
+            )
         if not request.clicks:
             problems.append(Violation("clicks", "a batch needs at least one click"))
         elif len(request.clicks) > MAX_BATCH:
@@ -217,15 +247,23 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         for i, click in enumerate(request.clicks):
             checked = validate_click(click, f"clicks[{i}]", self._store.settings_for)
             if isinstance(checked, list):
-                results.append(pb.ClickResult(
-                    click_id=click.click_id, disposition=pb.CLICK_DISPOSITION_REJECTED,
-                    field_violations=[pb.FieldViolation(field=v.field, description=v.description) for v in checked],
-                ))
+                results.append(
+                    pb.ClickResult(
+                        click_id=click.click_id,
+                        disposition=pb.CLICK_DISPOSITION_REJECTED,
+                        field_violations=[
+                            pb.FieldViolation(field=v.field, description=v.description)
+                            for v in checked
+                        ],
+                    )
+                )
             else:
                 results.append(pb.ClickResult(click_id=click.click_id))
                 valid.append(checked)
                 slots.append(i)
-        commit = asyncio.ensure_future(self._store.take_clicks(valid, time.time())) if valid else None
+        commit = (
+            asyncio.ensure_future(self._store.take_clicks(valid, time.time())) if valid else None
+        )
         return _Batch(request.batch_id, results, slots, [c.workspace_id for c in valid], commit)
 
     async def _finish_batch(self, batch: _Batch) -> pb.StreamClicksResponse:
@@ -233,7 +271,9 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         if batch.commit is not None:
             outcomes = await batch.commit
             queued: set[str] = set()
-            for slot, workspace_id, outcome in zip(batch.slots, batch.workspaces, outcomes, strict=True):
+            for slot, workspace_id, outcome in zip(
+                batch.slots, batch.workspaces, outcomes, strict=True
+            ):
                 batch.results[slot].disposition = CLICK_DISPOSITION[outcome]
                 tally[outcome.value] += 1
                 if outcome is ClickOutcome.QUEUED:
@@ -247,7 +287,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             INTAKE.labels("click", disposition).inc(n)
         return pb.StreamClicksResponse(batch_id=batch.batch_id, results=batch.results)
 
-    async def StreamClicks(  # noqa: N802
+    async def StreamClicks(
         self, request_iterator: AsyncIterator[pb.StreamClicksRequest], context: Context
     ) -> AsyncIterator[pb.StreamClicksResponse]:
         pending: asyncio.Queue[_Batch | ApiError | None] = asyncio.Queue(STREAM_PIPELINE_DEPTH)
@@ -274,7 +314,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             reader.cancel()
 
     @_handles_errors
-    async def ForwardConversion(  # noqa: N802
+    async def ForwardConversion(
         self, request: pb.ForwardConversionRequest, context: Context
     ) -> pb.ForwardConversionResponse:
         if not request.HasField("conversion"):
@@ -290,14 +330,16 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
 
     # -- failed events -------------------------------------------------------------------
     @_handles_errors
-    async def ListFailedEvents(  # noqa: N802
+    async def ListFailedEvents(
         self, request: pb.ListFailedEventsRequest, context: Context
     ) -> pb.ListFailedEventsResponse:
         admin.require_workspace_id(request.workspace_id)
         size = admin.page_size(request.page_size)
         cursor = admin.decode_page_token(request.page_token)
         if cursor and not cursor.isdigit():
-            raise invalid_argument([Violation("page_token", "is not a token from a previous response")])
+            raise invalid_argument(
+                [Violation("page_token", "is not a token from a previous response")]
+            )
         if await self._store.get_integration(request.workspace_id) is None:
             raise not_found(request.workspace_id)
         records = await self._store.list_failed(request.workspace_id, int(cursor or 0), size + 1)
@@ -309,7 +351,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         return response
 
     @_handles_errors
-    async def ReplayFailedEvents(  # noqa: N802
+    async def ReplayFailedEvents(
         self, request: pb.ReplayFailedEventsRequest, context: Context
     ) -> pb.ReplayFailedEventsResponse:
         admin.require_workspace_id(request.workspace_id)

@@ -41,7 +41,7 @@ _log = structlog.get_logger(__name__)
 _KEY_GONE: Final = "the key can no longer be decrypted (transit key destroyed); register a new key"
 
 
-class _KeyRejected(Exception):  # noqa: N818 - a control-flow signal, not an error to report
+class _KeyRejected(Exception):
     """Raised inside a workspace round when Klaviyo refused the key."""
 
 
@@ -61,7 +61,12 @@ class DeliveryEngine:
         self._vault = vault
         self._client = client
         self._config = config
-        self._owner = owner or config.instance_id or socket.gethostname() or f"forwarder-{uuid.uuid4().hex[:12]}"
+        self._owner = (
+            owner
+            or config.instance_id
+            or socket.gethostname()
+            or f"forwarder-{uuid.uuid4().hex[:12]}"
+        )
         self._clock = clock
         self._wake = asyncio.Event()
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -95,7 +100,7 @@ class DeliveryEngine:
             self._wake.clear()
             try:
                 due = await self._store.workspaces_with_due_events(self._clock())
-            except Exception as exc:  # noqa: BLE001 - keep scheduling; the store may come back
+            except Exception as exc:
                 _log.error("cannot read the outbox", error=str(exc))
                 due = []
             for workspace_id in due:
@@ -112,7 +117,9 @@ class DeliveryEngine:
         try:
             while True:
                 now = self._clock()
-                if not await self._store.acquire_lease(workspace_id, self._owner, config.lease_ttl_s, now):
+                if not await self._store.acquire_lease(
+                    workspace_id, self._owner, config.lease_ttl_s, now
+                ):
                     return  # another replica delivers this workspace
                 record = await self._store.get_integration(workspace_id)
                 if record is None or record.state is not IntegrationState.ACTIVE:
@@ -130,7 +137,9 @@ class DeliveryEngine:
                 except KeyDestroyed:
                     await self._store.reject_key(workspace_id, record.ciphertext, _KEY_GONE, now)
                     return
-                limiter = self._limiters.setdefault(workspace_id, AccountRateLimiter(config.rate_limits))
+                limiter = self._limiters.setdefault(
+                    workspace_id, AccountRateLimiter(config.rate_limits)
+                )
                 try:
                     if len(events) <= config.single_threshold:
                         await self._send_singles(record, key, limiter, events)
@@ -140,7 +149,7 @@ class DeliveryEngine:
                     return
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - one workspace's failure must not stop the others
+        except Exception:
             log.exception("delivery round failed")
             await asyncio.sleep(1.0)
         finally:
@@ -152,7 +161,10 @@ class DeliveryEngine:
 
     # -- sending -------------------------------------------------------------------------
     async def _send_singles(
-        self, record: IntegrationRecord, key: PrivateKey, limiter: AccountRateLimiter,
+        self,
+        record: IntegrationRecord,
+        key: PrivateKey,
+        limiter: AccountRateLimiter,
         events: Sequence[OutboxEvent],
     ) -> None:
         gate = asyncio.Semaphore(self._config.single_concurrency)
@@ -167,10 +179,15 @@ class DeliveryEngine:
                 return result
 
         results = await asyncio.gather(*(send(e) for e in events))
-        await self._apply(record, Endpoint.EVENTS, [([e], r) for e, r in zip(events, results, strict=True)])
+        await self._apply(
+            record, Endpoint.EVENTS, [([e], r) for e, r in zip(events, results, strict=True)]
+        )
 
     async def _send_bulk(
-        self, record: IntegrationRecord, key: PrivateKey, limiter: AccountRateLimiter,
+        self,
+        record: IntegrationRecord,
+        key: PrivateKey,
+        limiter: AccountRateLimiter,
         events: Sequence[OutboxEvent],
     ) -> None:
         gate = asyncio.Semaphore(self._config.bulk_concurrency)
@@ -186,17 +203,26 @@ class DeliveryEngine:
                 return result
 
         results = await asyncio.gather(*(send(job) for job in jobs))
-        invalid_jobs = [job for job, r in zip(jobs, results, strict=True) if r.outcome is Outcome.INVALID]
+        invalid_jobs = [
+            job for job, r in zip(jobs, results, strict=True) if r.outcome is Outcome.INVALID
+        ]
         await self._apply(
-            record, Endpoint.BULK,
-            [(job, r) for job, r in zip(jobs, results, strict=True) if r.outcome is not Outcome.INVALID],
+            record,
+            Endpoint.BULK,
+            [
+                (job, r)
+                for job, r in zip(jobs, results, strict=True)
+                if r.outcome is not Outcome.INVALID
+            ],
         )
         for job in invalid_jobs:
             # Klaviyo refuses a whole job for one bad event: find it by sending one by one.
             await self._send_singles(record, key, limiter, job)
 
     async def _apply(
-        self, record: IntegrationRecord, endpoint: Endpoint,
+        self,
+        record: IntegrationRecord,
+        endpoint: Endpoint,
         outcomes: Sequence[tuple[Sequence[OutboxEvent], KlaviyoResult]],
     ) -> None:
         ws = record.workspace_id
@@ -219,13 +245,15 @@ class DeliveryEngine:
             else:
                 for e in events:
                     if result.outcome is Outcome.TRANSIENT and now - e.created_at > retry.max_age_s:
-                        failed[f"gave up after {e.attempts + 1} attempts: {result.detail}"].append(e.event_id)
+                        failed[f"gave up after {e.attempts + 1} attempts: {result.detail}"].append(
+                            e.event_id
+                        )
                         continue
                     rate_limited = result.outcome is Outcome.RATE_LIMITED
                     if rate_limited and result.retry_after_s is not None:
                         delay = result.retry_after_s
                     else:
-                        delay = min(retry.base_s * retry.multiplier ** e.attempts, retry.max_delay_s)
+                        delay = min(retry.base_s * retry.multiplier**e.attempts, retry.max_delay_s)
                         delay *= 1 + random.uniform(-retry.jitter, retry.jitter)  # noqa: S311 - jitter, not crypto
                     label = f"{result.outcome.value}: {result.detail}"
                     later[(round(now + delay, 1), label, not rate_limited)].append(e.event_id)
@@ -236,11 +264,16 @@ class DeliveryEngine:
             await self._store.mark_retry(ws, ids, when, label, now, count_attempt=counts)
         for detail, ids in failed.items():
             await self._store.mark_failed(ws, ids, detail, now)
-            FAILED_EVENTS.labels("invalid" if detail.startswith("Klaviyo") else "expired").inc(len(ids))
+            FAILED_EVENTS.labels("invalid" if detail.startswith("Klaviyo") else "expired").inc(
+                len(ids)
+            )
         if key_rejected is not None:
             reason = f"Klaviyo answered {key_rejected.status_code}: {key_rejected.detail}"
             await self._store.reject_key(ws, record.ciphertext, reason, now)
             self._vault.forget(ws)
-            _log.warning("klaviyo rejected the key; events held", workspace_id=ws,
-                         status=key_rejected.status_code)
+            _log.warning(
+                "klaviyo rejected the key; events held",
+                workspace_id=ws,
+                status=key_rejected.status_code,
+            )
             raise _KeyRejected

@@ -103,8 +103,9 @@ class KlaviyoResult:
 class KlaviyoClient:
     """Async client for Create Event and Bulk Create Events (one per process is enough)."""
 
-    def __init__(self, config: KlaviyoConfig,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, config: KlaviyoConfig, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self._config = config
         self._http = httpx.AsyncClient(
             base_url=config.base_url,
@@ -141,8 +142,9 @@ class KlaviyoClient:
         """
         result = await self._send("GET", PROFILES_PATH, key, None)
         if result.status_code in (200, 403):
-            return KlaviyoResult(Outcome.ACCEPTED, result.status_code, None, "key is valid",
-                                 result.rate_limit)
+            return KlaviyoResult(
+                Outcome.ACCEPTED, result.status_code, None, "key is valid", result.rate_limit
+            )
         return result
 
     async def aclose(self) -> None:
@@ -153,8 +155,9 @@ class KlaviyoClient:
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         return await self._send("POST", path, key, content)
 
-    async def _send(self, method: str, path: str, key: PrivateKey,
-                    content: bytes | None) -> KlaviyoResult:
+    async def _send(
+        self, method: str, path: str, key: PrivateKey, content: bytes | None
+    ) -> KlaviyoResult:
         headers = {
             "Authorization": f"Klaviyo-API-Key {key.reveal()}",
             "revision": self._config.revision,
@@ -171,9 +174,15 @@ class KlaviyoClient:
         else:
             result = classify(response, key)
         if result.outcome is not Outcome.ACCEPTED:
-            log.debug("klaviyo.response", method=method, path=path, key=key.fingerprint,
-                      outcome=str(result.outcome), status=result.status_code,
-                      detail=result.detail)
+            log.debug(
+                "klaviyo.response",
+                method=method,
+                path=path,
+                key=key.fingerprint,
+                outcome=str(result.outcome),
+                status=result.status_code,
+                detail=result.detail,
+            )
         return result
 
 

@@ -50,8 +50,9 @@ def build_event(event: OutboxEvent, settings: IntegrationSettings, now: float) -
     return {"data": {"type": "event", "attributes": attributes}}
 
 
-def build_bulk_job(events: Sequence[OutboxEvent], settings: IntegrationSettings,
-                   now: float) -> dict[str, Any]:
+def build_bulk_job(
+    events: Sequence[OutboxEvent], settings: IntegrationSettings, now: float
+) -> dict[str, Any]:
     """A Bulk Create Events body (``EventsBulkCreateJob``); events grouped under their profile.
 
     Groups keep the order in which each profile first appears, and events keep their order
@@ -65,20 +66,34 @@ def build_bulk_job(events: Sequence[OutboxEvent], settings: IntegrationSettings,
             groups[identity] = []
             profiles[identity] = _profile(event)
         groups[identity].append(_bulk_entry(event, settings, now))
-    return {"data": {"type": "event-bulk-create-job", "attributes": {"events-bulk-create": {
-        "data": [
-            {"type": "event-bulk-create", "attributes": {
-                "profile": profiles[identity],
-                "events": {"data": entries},
-            }}
-            for identity, entries in groups.items()
-        ],
-    }}}}
+    return {
+        "data": {
+            "type": "event-bulk-create-job",
+            "attributes": {
+                "events-bulk-create": {
+                    "data": [
+                        {
+                            "type": "event-bulk-create",
+                            "attributes": {
+                                "profile": profiles[identity],
+                                "events": {"data": entries},
+                            },
+                        }
+                        for identity, entries in groups.items()
+                    ],
+                }
+            },
+        }
+    }
 
 
-def plan_bulk_jobs(events: Sequence[OutboxEvent], settings: IntegrationSettings, now: float,
-                   max_events: int = MAX_BULK_EVENTS,
-                   max_bytes: int = MAX_BULK_BYTES) -> list[list[OutboxEvent]]:
+def plan_bulk_jobs(
+    events: Sequence[OutboxEvent],
+    settings: IntegrationSettings,
+    now: float,
+    max_events: int = MAX_BULK_EVENTS,
+    max_bytes: int = MAX_BULK_BYTES,
+) -> list[list[OutboxEvent]]:
     """Splits ``events`` into bulk jobs Klaviyo accepts, keeping their order where it can.
 
     Each job has at most ``max_events`` events and serializes to at most ``max_bytes`` (sizes
@@ -131,12 +146,14 @@ class _Job:
         self.size += size
 
 
-def _event_attributes(event: OutboxEvent, settings: IntegrationSettings,
-                      now: float) -> dict[str, Any]:
+def _event_attributes(
+    event: OutboxEvent, settings: IntegrationSettings, now: float
+) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "properties": dict(event.properties),
-        "metric": {"data": {"type": "metric", "attributes": {
-            "name": settings.metric_name(event.kind)}}},
+        "metric": {
+            "data": {"type": "metric", "attributes": {"name": settings.metric_name(event.kind)}}
+        },
         "time": format_time(event.occurred_at),
         "unique_id": event.source_id,
     }
@@ -161,17 +178,25 @@ def _profile_key(event: OutboxEvent) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(event.identifiers.to_profile_attributes().items()))
 
 
-def _dedupe_keys(event: OutboxEvent,
-                 settings: IntegrationSettings) -> list[tuple[str, str, str, str]]:
+def _dedupe_keys(
+    event: OutboxEvent, settings: IntegrationSettings
+) -> list[tuple[str, str, str, str]]:
     # Klaviyo resolves a profile from any one of its identifiers, so two events sharing any
     # identifier may land on one profile: treat a shared identifier as the same profile.
     metric = settings.metric_name(event.kind)
-    return [(name, value, metric, event.source_id)
-            for name, value in event.identifiers.to_profile_attributes().items()]
+    return [
+        (name, value, metric, event.source_id)
+        for name, value in event.identifiers.to_profile_attributes().items()
+    ]
 
 
 def _entry_size(event: OutboxEvent, settings: IntegrationSettings, now: float) -> int:
-    group = {"type": "event-bulk-create", "attributes": {
-        "profile": _profile(event), "events": {"data": [_bulk_entry(event, settings, now)]}}}
+    group = {
+        "type": "event-bulk-create",
+        "attributes": {
+            "profile": _profile(event),
+            "events": {"data": [_bulk_entry(event, settings, now)]},
+        },
+    }
     # +1 for the comma between groups; same separators and escaping as the client's encoder.
     return len(json.dumps(group, separators=(",", ":"), ensure_ascii=False).encode()) + 1

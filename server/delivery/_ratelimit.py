@@ -87,8 +87,9 @@ class _EndpointState:
 class AccountRateLimiter:
     """Rate limiter for one Klaviyo account; not thread-safe (one event loop)."""
 
-    def __init__(self, config: RateLimitConfig,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: RateLimitConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._config = config
         self._clock = clock
         self._states = {endpoint: _EndpointState(config.window(endpoint)) for endpoint in Endpoint}
@@ -103,8 +104,10 @@ class AccountRateLimiter:
         now = self._clock()
         state = self._prune(endpoint, now)
         wait = max(0.0, state.blocked_until - now)
-        for limit, span in ((state.window.burst_per_s, BURST_WINDOW_S),
-                            (state.window.steady_per_min, STEADY_WINDOW_S)):
+        for limit, span in (
+            (state.window.burst_per_s, BURST_WINDOW_S),
+            (state.window.steady_per_min, STEADY_WINDOW_S),
+        ):
             wait = max(wait, self._window_wait(state, now, limit, span))
         return wait
 
@@ -133,8 +136,10 @@ class AccountRateLimiter:
             state.consecutive_429 += 1
             wait = result.retry_after_s
             if wait is None:
-                wait = min(self._config.backoff_max_s,
-                           self._config.backoff_base_s * 2 ** (state.consecutive_429 - 1))
+                wait = min(
+                    self._config.backoff_max_s,
+                    self._config.backoff_base_s * 2 ** (state.consecutive_429 - 1),
+                )
             self._block(endpoint, state, now, wait, "throttled")
             return
         if result.status_code is not None:
@@ -147,13 +152,18 @@ class AccountRateLimiter:
         """Requests reserved and not yet observed."""
         return len(self._states[endpoint].pending)
 
-    def _block(self, endpoint: Endpoint, state: _EndpointState, now: float, wait: float,
-               why: str) -> None:
+    def _block(
+        self, endpoint: Endpoint, state: _EndpointState, now: float, wait: float, why: str
+    ) -> None:
         wait = min(max(0.0, wait), self._config.max_block_s)
         if now + wait > state.blocked_until:
             state.blocked_until = now + wait
-            log.info("klaviyo.rate_limit.blocked", endpoint=str(endpoint), seconds=round(wait, 3),
-                     reason=why)
+            log.info(
+                "klaviyo.rate_limit.blocked",
+                endpoint=str(endpoint),
+                seconds=round(wait, 3),
+                reason=why,
+            )
 
     def _prune(self, endpoint: Endpoint, now: float) -> _EndpointState:
         state = self._states[endpoint]

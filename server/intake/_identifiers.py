@@ -45,9 +45,11 @@ def _email_from_parameter(raw: str) -> str:
             return repaired
     candidate = value.replace(" ", "+")
     try:
-        decoded = base64.b64decode(candidate + "=" * (-len(candidate) % 4), altchars=b"-_"
-                                   if ("-" in candidate or "_" in candidate) else None,
-                                   validate=True).decode("utf-8")
+        decoded = base64.b64decode(
+            candidate + "=" * (-len(candidate) % 4),
+            altchars=b"-_" if ("-" in candidate or "_" in candidate) else None,
+            validate=True,
+        ).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return ""
     return decoded if is_email(decoded) else ""
@@ -62,7 +64,7 @@ class UrlFacts:
 
 
 def facts_from_url(url: str, email_parameters: Iterable[str]) -> UrlFacts:
-    """Identifiers (email from ``email_parameters``, ``_kx``) and ``utm_*`` parameters of ``url``."""
+    """Identifiers (email from ``email_parameters``, ``_kx``) and UTM parameters of ``url``."""
     if "?" not in url:
         return UrlFacts(Identifiers(), {})
     query = urlsplit(url).query

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from elido.forwarder.v1 import forwarder_pb2 as pb
+
 from server.intake._identifiers import facts_from_url
 from server.store._records import EventKind, IntegrationSettings
 
@@ -37,7 +38,9 @@ def click_properties(click: pb.Click, settings: IntegrationSettings) -> dict[str
     return properties
 
 
-def decode_payload(kind: EventKind, payload: bytes, settings: IntegrationSettings) -> Mapping[str, Any]:
+def decode_payload(
+    kind: EventKind, payload: bytes, settings: IntegrationSettings
+) -> Mapping[str, Any]:
     """A :class:`server.store._records.PayloadDecoder` for what intake stores."""
     if kind is EventKind.CLICK:
         return click_properties(pb.Click.FromString(payload), settings)

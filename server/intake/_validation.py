@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.protobuf import json_format, timestamp_pb2
 
-from elido.forwarder.v1 import forwarder_pb2 as pb
 from server._errors import Violation
 from server.intake._identifiers import (
     KX_PATTERN,
@@ -104,7 +104,9 @@ def _check_identifiers(ids: pb.ProfileIdentifiers, field: str, out: list[Violati
     if ids.external_id:
         _check_text(ids.external_id, f"{field}.external_id", MAX_EXTERNAL_ID, out)
     if ids.kx and KX_PATTERN.fullmatch(ids.kx) is None:
-        out.append(Violation(f"{field}.kx", "is not a Klaviyo exchange id (<token>.<6 characters>)"))
+        out.append(
+            Violation(f"{field}.kx", "is not a Klaviyo exchange id (<token>.<6 characters>)")
+        )
 
 
 # Sufficient conditions for a valid URL, checked in one regex call: an http(s) scheme, a host
@@ -154,11 +156,19 @@ def _click_violations(click: pb.Click, field: str, now: float) -> list[Violation
         out.append(Violation(f"{field}.utm_parameters", f"at most {MAX_UTM} parameters"))
     for key, value in click.utm_parameters.items():
         if UTM_KEY_PATTERN.fullmatch(key) is None:
-            out.append(Violation(f"{field}.utm_parameters[{key!r}]",
-                                 "key must be utm_ followed by 1-40 of a-z 0-9 _"))
+            out.append(
+                Violation(
+                    f"{field}.utm_parameters[{key!r}]",
+                    "key must be utm_ followed by 1-40 of a-z 0-9 _",
+                )
+            )
         elif len(value) > MAX_UTM_VALUE:
-            out.append(Violation(f"{field}.utm_parameters[{key!r}]",
-                                 f"value must be at most {MAX_UTM_VALUE} characters"))
+            out.append(
+                Violation(
+                    f"{field}.utm_parameters[{key!r}]",
+                    f"value must be at most {MAX_UTM_VALUE} characters",
+                )
+            )
     _check_identifiers(click.identifiers, f"{field}.identifiers", out)
     _check_text(click.user_agent, f"{field}.user_agent", MAX_USER_AGENT, out)
     _check_text(click.referrer, f"{field}.referrer", MAX_REFERRER, out)
@@ -190,7 +200,9 @@ def validate_click(
     ids = click.identifiers
     identifiers = Identifiers(ids.email, ids.phone_number, ids.external_id, ids.kx)
     if click.destination_url:
-        found = _url_identifiers(click.destination_url, settings_for(click.workspace_id) or _DEFAULTS)
+        found = _url_identifiers(
+            click.destination_url, settings_for(click.workspace_id) or _DEFAULTS
+        )
         if found is not None:
             identifiers = identifiers.merged_over(found)
     ts = click.click_time
@@ -233,7 +245,9 @@ def validate_conversion(
         _check_event_id(conversion.click_id, f"{field}.click_id", out)
     conversion_time = now
     if conversion.HasField("conversion_time"):
-        conversion_time = _check_time(conversion.conversion_time, f"{field}.conversion_time", now, out)
+        conversion_time = _check_time(
+            conversion.conversion_time, f"{field}.conversion_time", now, out
+        )
     value: float | None = None
     if not math.isfinite(conversion.value) or conversion.value < 0:
         out.append(Violation(f"{field}.value", "must be a finite, non-negative number"))

@@ -95,8 +95,13 @@ class Store(Protocol):
         """Remove delivered events from the outbox and count them."""
 
     async def mark_retry(
-        self, workspace_id: str, event_ids: Sequence[int], next_attempt_at: float, error: str,
-        now: float, count_attempt: bool = True,
+        self,
+        workspace_id: str,
+        event_ids: Sequence[int],
+        next_attempt_at: float,
+        error: str,
+        now: float,
+        count_attempt: bool = True,
     ) -> None:
         """Schedule another attempt."""
 
@@ -105,10 +110,14 @@ class Store(Protocol):
     ) -> None:
         """Keep the events as failed (replayable)."""
 
-    async def list_failed(self, workspace_id: str, after_event_id: int, limit: int) -> list[FailedEventRecord]:
+    async def list_failed(
+        self, workspace_id: str, after_event_id: int, limit: int
+    ) -> list[FailedEventRecord]:
         """Failed events with id > ``after_event_id``, oldest first."""
 
-    async def replay_failed(self, workspace_id: str, event_ids: Sequence[int] | None, now: float) -> int:
+    async def replay_failed(
+        self, workspace_id: str, event_ids: Sequence[int] | None, now: float
+    ) -> int:
         """Queue failed events again (all of the workspace's if ``event_ids`` is None)."""
 
     # -- housekeeping --------------------------------------------------------------------

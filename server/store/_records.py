@@ -87,8 +87,16 @@ class Identifiers:
 
     def to_dict(self) -> dict[str, str]:
         """A compact dict for storage (absent identifiers left out)."""
-        return {k: v for k, v in (("email", self.email), ("phone_number", self.phone_number),
-                                  ("external_id", self.external_id), ("kx", self.kx)) if v}
+        return {
+            k: v
+            for k, v in (
+                ("email", self.email),
+                ("phone_number", self.phone_number),
+                ("external_id", self.external_id),
+                ("kx", self.kx),
+            )
+            if v
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, str]) -> Identifiers:

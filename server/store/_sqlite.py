@@ -158,7 +158,7 @@ class SqliteStore:
                 conn.execute("SAVEPOINT op")
                 try:
                     value = op.fn(conn)
-                except Exception as exc:  # noqa: BLE001 - handed to the caller's future
+                except Exception as exc:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append((op, None, exc))
@@ -166,7 +166,7 @@ class SqliteStore:
                     conn.execute("RELEASE op")
                     results.append((op, value, None))
             conn.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - the commit failed: nothing in it happened
+        except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             _log.error("store transaction failed", error=str(exc))
@@ -190,7 +190,9 @@ class SqliteStore:
         self._migrate(conn)
         for row in conn.execute("SELECT workspace_id, settings FROM integrations"):
             self._settings[row["workspace_id"]] = _settings_from_json(row["settings"])
-        self._thread = threading.Thread(target=self._run, args=(conn,), name="sqlite-store", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="sqlite-store", daemon=True
+        )
         self._thread.start()
 
     async def close(self) -> None:
@@ -206,7 +208,11 @@ class SqliteStore:
         )
         applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
         files = sorted(
-            (f for f in resources.files("server.store.migrations").iterdir() if f.name.endswith(".sql")),
+            (
+                f
+                for f in resources.files("server.store.migrations").iterdir()
+                if f.name.endswith(".sql")
+            ),
             key=lambda f: f.name,
         )
         for f in files:
@@ -230,13 +236,21 @@ class SqliteStore:
         return self._settings.get(workspace_id)
 
     async def upsert_integration(
-        self, workspace_id: str, ciphertext: str, key_fingerprint: str, key_version: int,
-        settings: IntegrationSettings, now: float,
+        self,
+        workspace_id: str,
+        ciphertext: str,
+        key_fingerprint: str,
+        key_version: int,
+        settings: IntegrationSettings,
+        now: float,
     ) -> tuple[IntegrationRecord, bool]:
         def op(conn: sqlite3.Connection) -> tuple[IntegrationRecord, bool]:
-            existed = conn.execute(
-                "SELECT 1 FROM integrations WHERE workspace_id = ?", (workspace_id,)
-            ).fetchone() is not None
+            existed = (
+                conn.execute(
+                    "SELECT 1 FROM integrations WHERE workspace_id = ?", (workspace_id,)
+                ).fetchone()
+                is not None
+            )
             conn.execute(
                 """INSERT INTO integrations (workspace_id, ciphertext, key_fingerprint, key_version,
                        settings, state, state_reason, created_at, updated_at)
@@ -245,15 +259,25 @@ class SqliteStore:
                        key_fingerprint = excluded.key_fingerprint, key_version = excluded.key_version,
                        settings = excluded.settings, state = excluded.state, state_reason = '',
                        updated_at = excluded.updated_at""",
-                (workspace_id, ciphertext, key_fingerprint, key_version,
-                 _settings_to_json(settings), IntegrationState.ACTIVE.value, now, now),
+                (
+                    workspace_id,
+                    ciphertext,
+                    key_fingerprint,
+                    key_version,
+                    _settings_to_json(settings),
+                    IntegrationState.ACTIVE.value,
+                    now,
+                    now,
+                ),
             )
             # Events held while the old key was rejected are due again with the new key.
             conn.execute(
                 "UPDATE outbox SET next_attempt_at = ? WHERE workspace_id = ? AND status = ? AND next_attempt_at > ?",
                 (now, workspace_id, QUEUED, now),
             )
-            row = conn.execute("SELECT * FROM integrations WHERE workspace_id = ?", (workspace_id,)).fetchone()
+            row = conn.execute(
+                "SELECT * FROM integrations WHERE workspace_id = ?", (workspace_id,)
+            ).fetchone()
             return _integration(row), existed
 
         record, existed = await self._call(op)
@@ -262,7 +286,9 @@ class SqliteStore:
 
     async def get_integration(self, workspace_id: str) -> IntegrationRecord | None:
         def op(conn: sqlite3.Connection) -> IntegrationRecord | None:
-            row = conn.execute("SELECT * FROM integrations WHERE workspace_id = ?", (workspace_id,)).fetchone()
+            row = conn.execute(
+                "SELECT * FROM integrations WHERE workspace_id = ?", (workspace_id,)
+            ).fetchone()
             return None if row is None else _integration(row)
 
         return await self._call(op)
@@ -283,9 +309,16 @@ class SqliteStore:
         previous = self._settings.pop(workspace_id, None)
 
         def op(conn: sqlite3.Connection) -> int | None:
-            if conn.execute("DELETE FROM integrations WHERE workspace_id = ?", (workspace_id,)).rowcount == 0:
+            if (
+                conn.execute(
+                    "DELETE FROM integrations WHERE workspace_id = ?", (workspace_id,)
+                ).rowcount
+                == 0
+            ):
                 return None
-            dropped = conn.execute("DELETE FROM outbox WHERE workspace_id = ?", (workspace_id,)).rowcount
+            dropped = conn.execute(
+                "DELETE FROM outbox WHERE workspace_id = ?", (workspace_id,)
+            ).rowcount
             conn.execute("DELETE FROM leases WHERE workspace_id = ?", (workspace_id,))
             return int(dropped)
 
@@ -301,21 +334,34 @@ class SqliteStore:
         self, workspace_id: str, old: str, new: str, key_version: int, now: float
     ) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
-                """UPDATE integrations SET ciphertext = ?, key_version = ?, updated_at = ?
+            return (
+                conn.execute(
+                    """UPDATE integrations SET ciphertext = ?, key_version = ?, updated_at = ?
                    WHERE workspace_id = ? AND ciphertext = ?""",
-                (new, key_version, now, workspace_id, old),
-            ).rowcount == 1
+                    (new, key_version, now, workspace_id, old),
+                ).rowcount
+                == 1
+            )
 
         return await self._call(op)
 
     async def reject_key(self, workspace_id: str, ciphertext: str, reason: str, now: float) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
-                """UPDATE integrations SET state = ?, state_reason = ?, last_error = ?, last_error_at = ?
+            return (
+                conn.execute(
+                    """UPDATE integrations SET state = ?, state_reason = ?, last_error = ?, last_error_at = ?
                    WHERE workspace_id = ? AND ciphertext = ?""",
-                (IntegrationState.KEY_REJECTED.value, reason, reason, now, workspace_id, ciphertext),
-            ).rowcount == 1
+                    (
+                        IntegrationState.KEY_REJECTED.value,
+                        reason,
+                        reason,
+                        now,
+                        workspace_id,
+                        ciphertext,
+                    ),
+                ).rowcount
+                == 1
+            )
 
         return await self._call(op)
 
@@ -328,15 +374,20 @@ class SqliteStore:
             ).fetchone()
             counts = dict.fromkeys((QUEUED, FAILED), 0)
             for status, count in conn.execute(
-                "SELECT status, count(*) FROM outbox WHERE workspace_id = ? GROUP BY status", (workspace_id,)
+                "SELECT status, count(*) FROM outbox WHERE workspace_id = ? GROUP BY status",
+                (workspace_id,),
             ):
                 counts[status] = count
             if row is None:
                 return DeliveryCounters(queued=counts[QUEUED], failed=counts[FAILED])
             return DeliveryCounters(
-                queued=counts[QUEUED], delivered=row["delivered_count"], failed=counts[FAILED],
-                anonymous_clicks=row["anonymous_count"], last_delivery_at=row["last_delivery_at"],
-                last_error=row["last_error"], last_error_at=row["last_error_at"],
+                queued=counts[QUEUED],
+                delivered=row["delivered_count"],
+                failed=counts[FAILED],
+                anonymous_clicks=row["anonymous_count"],
+                last_delivery_at=row["last_delivery_at"],
+                last_error=row["last_error"],
+                last_error_at=row["last_error_at"],
             )
 
         return await self._call(op)
@@ -362,7 +413,8 @@ class SqliteStore:
                     chunk = ids[start : start + 500]
                     marks = ",".join("?" * len(chunk))
                     seen.update(
-                        r[0] for r in conn.execute(
+                        r[0]
+                        for r in conn.execute(
                             f"SELECT click_id FROM clicks WHERE workspace_id = ? AND click_id IN ({marks})",  # noqa: S608 - only placeholders are interpolated
                             (workspace_id, *chunk),
                         )
@@ -374,12 +426,25 @@ class SqliteStore:
                         continue
                     seen.add(click.click_id)
                     ids_json = _dumps(click.identifiers.to_dict())
-                    index_rows.append((workspace_id, click.click_id, ids_json, click.click_time, expires))
+                    index_rows.append(
+                        (workspace_id, click.click_id, ids_json, click.click_time, expires)
+                    )
                     if click.identifiers.any():
                         outcomes[i] = ClickOutcome.QUEUED
-                        outbox_rows.append((workspace_id, EventKind.CLICK.value, click.click_id,
-                                            click.click_time, now, ids_json,
-                                            click.payload, None, "", now))
+                        outbox_rows.append(
+                            (
+                                workspace_id,
+                                EventKind.CLICK.value,
+                                click.click_id,
+                                click.click_time,
+                                now,
+                                ids_json,
+                                click.payload,
+                                None,
+                                "",
+                                now,
+                            )
+                        )
                     else:
                         outcomes[i] = ClickOutcome.ANONYMOUS
                         anonymous[workspace_id] += 1
@@ -422,16 +487,27 @@ class SqliteStore:
                 if row is not None:
                     # The recorded click identifies the person who clicked: it wins.
                     identifiers = Identifiers.from_dict(json.loads(row[0])).merged_over(identifiers)
-            conn.execute("INSERT INTO conversions VALUES (?, ?, ?)", (ws, conversion.conversion_id, expires))
+            conn.execute(
+                "INSERT INTO conversions VALUES (?, ?, ?)", (ws, conversion.conversion_id, expires)
+            )
             if not identifiers.any():
                 return ConversionOutcome.UNATTRIBUTED
             conn.execute(
                 """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at, created_at,
                        identifiers, payload, value, currency, next_attempt_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (ws, EventKind.CONVERSION.value, conversion.conversion_id, conversion.conversion_time,
-                 now, _dumps(identifiers.to_dict()), _dumps(dict(conversion.properties)).encode(),
-                 conversion.value, conversion.currency, now),
+                (
+                    ws,
+                    EventKind.CONVERSION.value,
+                    conversion.conversion_id,
+                    conversion.conversion_time,
+                    now,
+                    _dumps(identifiers.to_dict()),
+                    _dumps(dict(conversion.properties)).encode(),
+                    conversion.value,
+                    conversion.currency,
+                    now,
+                ),
             )
             return ConversionOutcome.QUEUED
 
@@ -440,19 +516,24 @@ class SqliteStore:
     # -- delivery --------------------------------------------------------------------------
     async def acquire_lease(self, workspace_id: str, owner: str, ttl_s: float, now: float) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
-                """INSERT INTO leases VALUES (?, ?, ?)
+            return (
+                conn.execute(
+                    """INSERT INTO leases VALUES (?, ?, ?)
                    ON CONFLICT (workspace_id) DO UPDATE SET owner = excluded.owner,
                        expires_at = excluded.expires_at
                    WHERE leases.owner = excluded.owner OR leases.expires_at < ?""",
-                (workspace_id, owner, now + ttl_s, now),
-            ).rowcount == 1
+                    (workspace_id, owner, now + ttl_s, now),
+                ).rowcount
+                == 1
+            )
 
         return await self._call(op)
 
     async def release_lease(self, workspace_id: str, owner: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM leases WHERE workspace_id = ? AND owner = ?", (workspace_id, owner))
+            conn.execute(
+                "DELETE FROM leases WHERE workspace_id = ? AND owner = ?", (workspace_id, owner)
+            )
 
         await self._call(op)
 
@@ -481,9 +562,17 @@ class SqliteStore:
             ).fetchall()
             return [
                 OutboxEvent(
-                    event_id=r[0], workspace_id=workspace_id, kind=(kind := EventKind(r[1])), source_id=r[2],
-                    occurred_at=r[3], created_at=r[4], identifiers=Identifiers.from_dict(json.loads(r[5])),
-                    properties=self._decode(kind, r[6], settings), value=r[7], currency=r[8], attempts=r[9],
+                    event_id=r[0],
+                    workspace_id=workspace_id,
+                    kind=(kind := EventKind(r[1])),
+                    source_id=r[2],
+                    occurred_at=r[3],
+                    created_at=r[4],
+                    identifiers=Identifiers.from_dict(json.loads(r[5])),
+                    properties=self._decode(kind, r[6], settings),
+                    value=r[7],
+                    currency=r[8],
+                    attempts=r[9],
                 )
                 for r in rows
             ]
@@ -505,8 +594,13 @@ class SqliteStore:
         await self._call(op, group=True)
 
     async def mark_retry(
-        self, workspace_id: str, event_ids: Sequence[int], next_attempt_at: float, error: str,
-        now: float, count_attempt: bool = True,
+        self,
+        workspace_id: str,
+        event_ids: Sequence[int],
+        next_attempt_at: float,
+        error: str,
+        now: float,
+        count_attempt: bool = True,
     ) -> None:
         step = 1 if count_attempt else 0
 
@@ -523,7 +617,9 @@ class SqliteStore:
 
         await self._call(op, group=True)
 
-    async def mark_failed(self, workspace_id: str, event_ids: Sequence[int], error: str, now: float) -> None:
+    async def mark_failed(
+        self, workspace_id: str, event_ids: Sequence[int], error: str, now: float
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 """UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ?, failed_at = ?
@@ -537,7 +633,9 @@ class SqliteStore:
 
         await self._call(op, group=True)
 
-    async def list_failed(self, workspace_id: str, after_event_id: int, limit: int) -> list[FailedEventRecord]:
+    async def list_failed(
+        self, workspace_id: str, after_event_id: int, limit: int
+    ) -> list[FailedEventRecord]:
         def op(conn: sqlite3.Connection) -> list[FailedEventRecord]:
             rows = conn.execute(
                 """SELECT event_id, kind, source_id, attempts, last_error, created_at, failed_at
@@ -546,13 +644,17 @@ class SqliteStore:
                 (workspace_id, FAILED, after_event_id, limit),
             )
             return [
-                FailedEventRecord(r[0], workspace_id, EventKind(r[1]), r[2], r[3], r[4], r[5], r[6] or r[5])
+                FailedEventRecord(
+                    r[0], workspace_id, EventKind(r[1]), r[2], r[3], r[4], r[5], r[6] or r[5]
+                )
                 for r in rows
             ]
 
         return await self._call(op)
 
-    async def replay_failed(self, workspace_id: str, event_ids: Sequence[int] | None, now: float) -> int:
+    async def replay_failed(
+        self, workspace_id: str, event_ids: Sequence[int] | None, now: float
+    ) -> int:
         def op(conn: sqlite3.Connection) -> int:
             sql = """UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = ?, failed_at = NULL
                      WHERE workspace_id = ? AND status = ?"""
@@ -560,7 +662,9 @@ class SqliteStore:
                 return int(conn.execute(sql, (QUEUED, now, workspace_id, FAILED)).rowcount)
             total = 0
             for e in event_ids:
-                total += conn.execute(sql + " AND event_id = ?", (QUEUED, now, workspace_id, FAILED, e)).rowcount
+                total += conn.execute(
+                    sql + " AND event_id = ?", (QUEUED, now, workspace_id, FAILED, e)
+                ).rowcount
             return total
 
         return await self._call(op)
@@ -576,7 +680,9 @@ class SqliteStore:
 
     async def outbox_depth(self) -> tuple[int, int]:
         def op(conn: sqlite3.Connection) -> tuple[int, int]:
-            counts = dict(conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall())
+            counts = dict(
+                conn.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall()
+            )
             return int(counts.get(QUEUED, 0)), int(counts.get(FAILED, 0))
 
         return await self._call(op)

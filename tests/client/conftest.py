@@ -20,11 +20,13 @@ async def fake() -> AsyncIterator[RunningFake]:
 
 @pytest.fixture
 def admin_config(fake: RunningFake) -> ClientConfig:
-    return ClientConfig(target=fake.target, token=ADMIN_TOKEN, default_timeout_s=5.0,
-                        retry=FAST_RETRY)
+    return ClientConfig(
+        target=fake.target, token=ADMIN_TOKEN, default_timeout_s=5.0, retry=FAST_RETRY
+    )
 
 
 @pytest.fixture
 def ingest_config(fake: RunningFake) -> ClientConfig:
-    return ClientConfig(target=fake.target, token=INGEST_TOKEN, default_timeout_s=5.0,
-                        retry=FAST_RETRY)
+    return ClientConfig(
+        target=fake.target, token=INGEST_TOKEN, default_timeout_s=5.0, retry=FAST_RETRY
+    )

@@ -111,14 +111,20 @@ class FakeForwarder(pb_grpc.ForwarderServiceServicer):
         if not auth.startswith("Bearer ") or auth[7:] not in _ROLES:
             await self._abort(
                 context,
-                Failure(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token",
-                        reason="UNAUTHENTICATED"),
+                Failure(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing or unknown bearer token",
+                    reason="UNAUTHENTICATED",
+                ),
             )
         if _ROLES[auth[7:]] != role:
             await self._abort(
                 context,
-                Failure(grpc.StatusCode.PERMISSION_DENIED, f"this call needs the {role} role",
-                        reason="PERMISSION_DENIED"),
+                Failure(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this call needs the {role} role",
+                    reason="PERMISSION_DENIED",
+                ),
             )
 
     @staticmethod
@@ -129,16 +135,23 @@ class FakeForwarder(pb_grpc.ForwarderServiceServicer):
     async def _invalid(self, context: Any, field_name: str, description: str) -> None:
         await self._abort(
             context,
-            Failure(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {field_name}",
-                    reason="INVALID_ARGUMENT", violations=[(field_name, description)]),
+            Failure(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"invalid {field_name}",
+                reason="INVALID_ARGUMENT",
+                violations=[(field_name, description)],
+            ),
         )
 
     async def _integration(self, workspace_id: str, context: Any) -> pb.Integration:
         if workspace_id not in self.integrations:
             await self._abort(
                 context,
-                Failure(grpc.StatusCode.NOT_FOUND, f"no integration for workspace {workspace_id}",
-                        reason="INTEGRATION_NOT_FOUND"),
+                Failure(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no integration for workspace {workspace_id}",
+                    reason="INTEGRATION_NOT_FOUND",
+                ),
             )
         return self.integrations[workspace_id]
 
@@ -218,8 +231,13 @@ class FakeForwarder(pb_grpc.ForwarderServiceServicer):
         if click.workspace_id not in self.integrations:
             return pb.CLICK_DISPOSITION_NO_INTEGRATION
         ids = click.identifiers
-        if not (ids.email or ids.phone_number or ids.external_id or ids.kx
-                or "email=" in click.destination_url):
+        if not (
+            ids.email
+            or ids.phone_number
+            or ids.external_id
+            or ids.kx
+            or "email=" in click.destination_url
+        ):
             return pb.CLICK_DISPOSITION_ANONYMOUS
         return pb.CLICK_DISPOSITION_QUEUED
 
@@ -250,14 +268,20 @@ class FakeForwarder(pb_grpc.ForwarderServiceServicer):
             results = []
             for click in request.clicks:
                 if not click.click_id:
-                    results.append(pb.ClickResult(
-                        disposition=pb.CLICK_DISPOSITION_REJECTED,
-                        field_violations=[pb.FieldViolation(field="click_id",
-                                                            description="is required")],
-                    ))
+                    results.append(
+                        pb.ClickResult(
+                            disposition=pb.CLICK_DISPOSITION_REJECTED,
+                            field_violations=[
+                                pb.FieldViolation(field="click_id", description="is required")
+                            ],
+                        )
+                    )
                     continue
-                results.append(pb.ClickResult(click_id=click.click_id,
-                                              disposition=await self._take_click(click)))
+                results.append(
+                    pb.ClickResult(
+                        click_id=click.click_id, disposition=await self._take_click(click)
+                    )
+                )
             yield pb.StreamClicksResponse(batch_id=request.batch_id, results=results)
 
     async def ForwardConversion(

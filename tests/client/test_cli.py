@@ -44,10 +44,24 @@ async def test_register_reads_the_key_from_stdin_and_shows_only_the_fingerprint(
     fake: RunningFake, admin_env: dict[str, str]
 ) -> None:
     result = await cli(
-        ["integrations", "register", "--workspace", "ws-1", "--key-file", "-",
-         "--click-metric", "Clicked", "--email-param", "e", "--email-param", "mail",
-         "--backfill-after", "1h30m"],
-        admin_env, stdin=KEY + "\n",
+        [
+            "integrations",
+            "register",
+            "--workspace",
+            "ws-1",
+            "--key-file",
+            "-",
+            "--click-metric",
+            "Clicked",
+            "--email-param",
+            "e",
+            "--email-param",
+            "mail",
+            "--backfill-after",
+            "1h30m",
+        ],
+        admin_env,
+        stdin=KEY + "\n",
     )
     assert result.code == 0, result.stderr
     assert "Registered workspace ws-1" in result.stdout
@@ -112,9 +126,7 @@ async def test_a_token_on_the_command_line_is_refused(
     assert fake.servicer.calls["ListIntegrations"] == 0
 
 
-async def test_token_file_flag_wins_over_the_environment(
-    fake: RunningFake, tmp_path: Path
-) -> None:
+async def test_token_file_flag_wins_over_the_environment(fake: RunningFake, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(ADMIN_TOKEN + "\n")
     env = {"ELIDO_FORWARDER_TARGET": fake.target, "ELIDO_FORWARDER_TOKEN": "stale"}
@@ -125,12 +137,23 @@ async def test_token_file_flag_wins_over_the_environment(
 
 async def test_get_list_and_remove(fake: RunningFake, admin_env: dict[str, str]) -> None:
     for workspace in ("ws-b", "ws-a"):
-        await cli(["integrations", "register", "--workspace", workspace, "--key-file", "-"],
-                  admin_env, stdin=KEY)
+        await cli(
+            ["integrations", "register", "--workspace", workspace, "--key-file", "-"],
+            admin_env,
+            stdin=KEY,
+        )
     listed = await cli(["integrations", "list"], admin_env)
     lines = listed.stdout.splitlines()
-    assert lines[0].split() == ["WORKSPACE", "KEY", "STATE", "QUEUED", "DELIVERED", "FAILED",
-                                "LAST", "DELIVERY"]
+    assert lines[0].split() == [
+        "WORKSPACE",
+        "KEY",
+        "STATE",
+        "QUEUED",
+        "DELIVERED",
+        "FAILED",
+        "LAST",
+        "DELIVERY",
+    ]
     assert [line.split()[0] for line in lines[1:]] == ["ws-a", "ws-b"]
     assert "active" in lines[1]
     as_json = json.loads((await cli(["--json", "integrations", "list"], admin_env)).stdout)
@@ -146,14 +169,16 @@ async def test_get_list_and_remove(fake: RunningFake, admin_env: dict[str, str])
     assert "pass --yes" in refused.stderr
     assert "ws-a" in fake.servicer.integrations
 
-    mistyped = await cli(["integrations", "remove", "--workspace", "ws-a"], admin_env,
-                         stdin=TtyInput("ws-b\n"))
+    mistyped = await cli(
+        ["integrations", "remove", "--workspace", "ws-a"], admin_env, stdin=TtyInput("ws-b\n")
+    )
     assert mistyped.code == 1
     assert "Type the workspace id to confirm" in mistyped.stderr
     assert "ws-a" in fake.servicer.integrations
 
-    confirmed = await cli(["integrations", "remove", "--workspace", "ws-a"], admin_env,
-                          stdin=TtyInput("ws-a\n"))
+    confirmed = await cli(
+        ["integrations", "remove", "--workspace", "ws-a"], admin_env, stdin=TtyInput("ws-a\n")
+    )
     assert confirmed.code == 0, confirmed.stderr
     assert "Removed workspace ws-a" in confirmed.stdout
     assert "ws-a" not in fake.servicer.integrations
@@ -169,9 +194,18 @@ async def test_invalid_input_names_the_field_and_the_flag(
     fake: RunningFake, admin_env: dict[str, str]
 ) -> None:
     result = await cli(
-        ["integrations", "register", "--workspace", "ws-1", "--key-file", "-",
-         "--click-metric", "x" * 200],
-        admin_env, stdin=KEY,
+        [
+            "integrations",
+            "register",
+            "--workspace",
+            "ws-1",
+            "--key-file",
+            "-",
+            "--click-metric",
+            "x" * 200,
+        ],
+        admin_env,
+        stdin=KEY,
     )
     assert result.code == 4
     assert result.stderr == (
@@ -183,8 +217,9 @@ async def test_invalid_input_names_the_field_and_the_flag(
 async def test_empty_key_input_is_invalid_input(
     fake: RunningFake, admin_env: dict[str, str]
 ) -> None:
-    result = await cli(["integrations", "register", "--workspace", "w", "--key-file", "-"],
-                       admin_env, stdin="\n")
+    result = await cli(
+        ["integrations", "register", "--workspace", "w", "--key-file", "-"], admin_env, stdin="\n"
+    )
     assert result.code == 4
     assert "holds no key" in result.stderr
     assert fake.servicer.calls["RegisterIntegration"] == 0
@@ -205,8 +240,9 @@ async def test_unreachable_server_exits_6_with_one_line() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result = await cli(["--timeout", "2", "health"],
-                       {"ELIDO_FORWARDER_TARGET": f"127.0.0.1:{port}"})
+    result = await cli(
+        ["--timeout", "2", "health"], {"ELIDO_FORWARDER_TARGET": f"127.0.0.1:{port}"}
+    )
     assert result.code == 6
     assert result.stderr.startswith(f"elido-fwd: error: forwarder at 127.0.0.1:{port} unavail")
     assert result.stderr.count("\n") == 1
@@ -215,11 +251,20 @@ async def test_unreachable_server_exits_6_with_one_line() -> None:
 async def test_vault_outage_reports_reason_and_retry_delay(
     fake: RunningFake, admin_env: dict[str, str]
 ) -> None:
-    fake.servicer.fail("RegisterIntegration", *[Failure(
-        grpc.StatusCode.UNAVAILABLE, "vault is sealed", reason="VAULT_UNAVAILABLE",
-        retry_delay_s=60)])
-    result = await cli(["integrations", "register", "--workspace", "w", "--key-file", "-"],
-                       admin_env, stdin=KEY)
+    fake.servicer.fail(
+        "RegisterIntegration",
+        *[
+            Failure(
+                grpc.StatusCode.UNAVAILABLE,
+                "vault is sealed",
+                reason="VAULT_UNAVAILABLE",
+                retry_delay_s=60,
+            )
+        ],
+    )
+    result = await cli(
+        ["integrations", "register", "--workspace", "w", "--key-file", "-"], admin_env, stdin=KEY
+    )
     assert result.code == 6
     assert "(VAULT_UNAVAILABLE): vault is sealed; retry after 60s" in result.stderr
 
@@ -227,33 +272,62 @@ async def test_vault_outage_reports_reason_and_retry_delay(
 async def test_clicks_send_by_flags_and_from_json(
     fake: RunningFake, admin_env: dict[str, str], ingest_env: dict[str, str], tmp_path: Path
 ) -> None:
-    await cli(["integrations", "register", "--workspace", "ws-1", "--key-file", "-"],
-              admin_env, stdin=KEY)
-    one = await cli(["clicks", "send", "--workspace", "ws-1", "--click-id", "c1",
-                     "--email", "a@example.com", "--url", "https://shop.example/p?x=1",
-                     "--utm", "utm_source=klaviyo", "--time", "2026-11-27T10:00:00Z"],
-                    ingest_env)
+    await cli(
+        ["integrations", "register", "--workspace", "ws-1", "--key-file", "-"], admin_env, stdin=KEY
+    )
+    one = await cli(
+        [
+            "clicks",
+            "send",
+            "--workspace",
+            "ws-1",
+            "--click-id",
+            "c1",
+            "--email",
+            "a@example.com",
+            "--url",
+            "https://shop.example/p?x=1",
+            "--utm",
+            "utm_source=klaviyo",
+            "--time",
+            "2026-11-27T10:00:00Z",
+        ],
+        ingest_env,
+    )
     assert one.code == 0, one.stderr
     assert one.stdout.splitlines()[1].split() == ["c1", "queued", "-"]
     sent = fake.servicer.clicks[("ws-1", "c1")]
     assert sent.utm_parameters["utm_source"] == "klaviyo"
     assert sent.click_time.seconds == 1_795_773_600
-    again = await cli(["--json", "clicks", "send", "--workspace", "ws-1", "--click-id", "c1",
-                       "--email", "a@example.com"], ingest_env)
+    again = await cli(
+        [
+            "--json",
+            "clicks",
+            "send",
+            "--workspace",
+            "ws-1",
+            "--click-id",
+            "c1",
+            "--email",
+            "a@example.com",
+        ],
+        ingest_env,
+    )
     assert json.loads(again.stdout)["results"][0]["disposition"] == "CLICK_DISPOSITION_DUPLICATE"
 
-    lines = "\n".join(json.dumps({"click_id": f"j{n}", "identifiers": {"email": "b@x.io"}})
-                      for n in range(3))
-    many = await cli(["clicks", "send", "--workspace", "ws-1", "--from-json", "-"],
-                     ingest_env, stdin=lines)
+    lines = "\n".join(
+        json.dumps({"click_id": f"j{n}", "identifiers": {"email": "b@x.io"}}) for n in range(3)
+    )
+    many = await cli(
+        ["clicks", "send", "--workspace", "ws-1", "--from-json", "-"], ingest_env, stdin=lines
+    )
     assert many.code == 0, many.stderr
     assert [line.split()[0] for line in many.stdout.splitlines()[1:]] == ["j0", "j1", "j2"]
     assert fake.servicer.calls["StreamClicks"] == 1
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"click_id": "k1", "identifiers": {"emial": "typo"}}]))
-    typo = await cli(["clicks", "send", "--workspace", "ws-1", "--from-json", str(bad)],
-                     ingest_env)
+    typo = await cli(["clicks", "send", "--workspace", "ws-1", "--from-json", str(bad)], ingest_env)
     assert typo.code == 4
     assert "item 0" in typo.stderr
     assert "emial" in typo.stderr
@@ -262,29 +336,59 @@ async def test_clicks_send_by_flags_and_from_json(
 async def test_conversions_send(
     fake: RunningFake, admin_env: dict[str, str], ingest_env: dict[str, str]
 ) -> None:
-    await cli(["integrations", "register", "--workspace", "ws-1", "--key-file", "-"],
-              admin_env, stdin=KEY)
-    await cli(["clicks", "send", "--workspace", "ws-1", "--click-id", "c1", "--email", "a@b.co"],
-              ingest_env)
-    result = await cli(["conversions", "send", "--workspace", "ws-1", "--conversion-id", "o1",
-                        "--click-id", "c1", "--value", "19.99", "--currency", "EUR",
-                        "--property", "order_id=A-1", "--property", "items=[1,2]"], ingest_env)
+    await cli(
+        ["integrations", "register", "--workspace", "ws-1", "--key-file", "-"], admin_env, stdin=KEY
+    )
+    await cli(
+        ["clicks", "send", "--workspace", "ws-1", "--click-id", "c1", "--email", "a@b.co"],
+        ingest_env,
+    )
+    result = await cli(
+        [
+            "conversions",
+            "send",
+            "--workspace",
+            "ws-1",
+            "--conversion-id",
+            "o1",
+            "--click-id",
+            "c1",
+            "--value",
+            "19.99",
+            "--currency",
+            "EUR",
+            "--property",
+            "order_id=A-1",
+            "--property",
+            "items=[1,2]",
+        ],
+        ingest_env,
+    )
     assert result.code == 0, result.stderr
     assert result.stdout.splitlines()[1].split() == ["o1", "queued"]
     sent = fake.servicer.conversions[("ws-1", "o1")]
     assert sent.properties["order_id"] == "A-1"
     assert json.loads(json_format.MessageToJson(sent.properties)) == {
-        "order_id": "A-1", "items": [1, 2]}
-    missing_currency = await cli(["conversions", "send", "--workspace", "ws-1",
-                                  "--value", "5"], ingest_env)
+        "order_id": "A-1",
+        "items": [1, 2],
+    }
+    missing_currency = await cli(
+        ["conversions", "send", "--workspace", "ws-1", "--value", "5"], ingest_env
+    )
     assert missing_currency.code == 4
     assert "conversion.currency (--currency)" in missing_currency.stderr
 
 
 async def test_failed_list_and_replay(fake: RunningFake, admin_env: dict[str, str]) -> None:
     fake.servicer.failed["ws-1"] = [
-        pb.FailedEvent(event_id=f"e{n}", workspace_id="ws-1", kind=pb.EVENT_KIND_CLICK,
-                       source_id=f"c{n}", attempt_count=3, last_error="400 invalid metric")
+        pb.FailedEvent(
+            event_id=f"e{n}",
+            workspace_id="ws-1",
+            kind=pb.EVENT_KIND_CLICK,
+            source_id=f"c{n}",
+            attempt_count=3,
+            last_error="400 invalid metric",
+        )
         for n in range(3)
     ]
     listed = await cli(["failed", "list", "--workspace", "ws-1"], admin_env)
@@ -297,8 +401,7 @@ async def test_failed_list_and_replay(fake: RunningFake, admin_env: dict[str, st
     assert usage.code == 2
     one = await cli(["failed", "replay", "--workspace", "ws-1", "--event-id", "e1"], admin_env)
     assert one.stdout == "Replayed 1 events.\n"
-    unknown = await cli(["failed", "replay", "--workspace", "ws-1", "--event-id", "zz"],
-                        admin_env)
+    unknown = await cli(["failed", "replay", "--workspace", "ws-1", "--event-id", "zz"], admin_env)
     assert unknown.code == 4
     assert "event_ids[0] (--event-id): no such failed event" in unknown.stderr
     rest = await cli(["--json", "failed", "replay", "--workspace", "ws-1", "--all"], admin_env)
@@ -328,9 +431,17 @@ async def test_console_script_keeps_the_key_out_of_argv_output_and_logs(
 ) -> None:
     env = process_env({**admin_env, "ELIDO_FORWARDER_DEBUG": "1"})
     process = await asyncio.create_subprocess_exec(
-        str(CONSOLE_SCRIPT), "integrations", "register", "--workspace", "ws-1",
-        "--key-file", "-", env=env, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(CONSOLE_SCRIPT),
+        "integrations",
+        "register",
+        "--workspace",
+        "ws-1",
+        "--key-file",
+        "-",
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     # While the process waits for its key, nothing any user can see names it.
     await asyncio.sleep(0.2)

@@ -25,8 +25,15 @@ def _key() -> str:
 
 
 def _fwd(env: dict[str, str], *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CONSOLE_SCRIPT), *argv], input=stdin, capture_output=True,
-                          text=True, env=env, timeout=60, check=False)
+    return subprocess.run(
+        [str(CONSOLE_SCRIPT), *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
@@ -45,16 +52,30 @@ def test_register_send_inspect_remove_with_the_key_kept_secret(
     klaviyo_mock_thread.add_key(key, "acct-cli")
     admin_token_file = tmp_path / "admin-token"
     admin_token_file.write_text(fwd.admin_token)
-    admin = process_env({"ELIDO_FORWARDER_TARGET": fwd.target,
-                         "ELIDO_FORWARDER_TOKEN_FILE": str(admin_token_file)})
-    ingest = process_env({"ELIDO_FORWARDER_TARGET": fwd.target,
-                          "ELIDO_FORWARDER_TOKEN": fwd.ingest_token})
+    admin = process_env(
+        {"ELIDO_FORWARDER_TARGET": fwd.target, "ELIDO_FORWARDER_TOKEN_FILE": str(admin_token_file)}
+    )
+    ingest = process_env(
+        {"ELIDO_FORWARDER_TARGET": fwd.target, "ELIDO_FORWARDER_TOKEN": fwd.ingest_token}
+    )
     outputs: list[str] = []
 
     process = subprocess.Popen(
-        [str(CONSOLE_SCRIPT), "integrations", "register", "--workspace", workspace,
-         "--key-file", "-", "--click-metric", "Clicked via CLI"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            str(CONSOLE_SCRIPT),
+            "integrations",
+            "register",
+            "--workspace",
+            workspace,
+            "--key-file",
+            "-",
+            "--click-metric",
+            "Clicked via CLI",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env=admin,
     )
     time.sleep(0.2)  # Running, waiting for its stdin: what `ps` would show now.
@@ -76,8 +97,19 @@ def test_register_send_inspect_remove_with_the_key_kept_secret(
     outputs += [listed.stdout, listed.stderr]
     assert workspace in listed.stdout
 
-    sent = _fwd(ingest, "clicks", "send", "--workspace", workspace, "--click-id", "cli-c1",
-                "--email", "jane@example.com", "--url", "https://shop.example/?utm_source=kl")
+    sent = _fwd(
+        ingest,
+        "clicks",
+        "send",
+        "--workspace",
+        workspace,
+        "--click-id",
+        "cli-c1",
+        "--email",
+        "jane@example.com",
+        "--url",
+        "https://shop.example/?utm_source=kl",
+    )
     outputs += [sent.stdout, sent.stderr]
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.splitlines()[1].split() == ["cli-c1", "queued", "-"]
@@ -109,8 +141,16 @@ def test_failures_have_one_line_errors_and_exit_codes(
     assert bad_token.returncode == 5
     assert bad_token.stderr.startswith("elido-fwd: error: authentication failed:")
     admin = {**base, "ELIDO_FORWARDER_TOKEN": fwd.admin_token}
-    bad_key = _fwd(admin, "integrations", "register", "--workspace", new_workspace_id(),
-                   "--key-file", "-", stdin="sk_not_a_klaviyo_key\n")
+    bad_key = _fwd(
+        admin,
+        "integrations",
+        "register",
+        "--workspace",
+        new_workspace_id(),
+        "--key-file",
+        "-",
+        stdin="sk_not_a_klaviyo_key\n",
+    )
     assert bad_key.returncode == 4
     assert "private_key (--key-file)" in bad_key.stderr
     for result in (bad_token, bad_key):

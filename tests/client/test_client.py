@@ -31,8 +31,12 @@ KEY = "pk_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7"
 
 
 def _unavailable(delay_s: float | None = None) -> Failure:
-    return Failure(grpc.StatusCode.UNAVAILABLE, "vault is unreachable",
-                   reason="VAULT_UNAVAILABLE", retry_delay_s=delay_s)
+    return Failure(
+        grpc.StatusCode.UNAVAILABLE,
+        "vault is unreachable",
+        reason="VAULT_UNAVAILABLE",
+        retry_delay_s=delay_s,
+    )
 
 
 async def test_register_sends_key_and_token_and_returns_fingerprint(
@@ -40,8 +44,9 @@ async def test_register_sends_key_and_token_and_returns_fingerprint(
 ) -> None:
     async with AsyncForwarderClient(admin_config) as client:
         response = await client.register_integration(
-            "ws-1", KEY, integration_settings(click_metric_name="Clicked",
-                                              backfill_after=dt.timedelta(hours=2)),
+            "ws-1",
+            KEY,
+            integration_settings(click_metric_name="Clicked", backfill_after=dt.timedelta(hours=2)),
         )
     assert response.integration.key_fingerprint == "pk_…" + KEY[-4:]
     assert response.integration.settings.click_metric_name == "Clicked"
@@ -67,10 +72,14 @@ async def test_invalid_argument_carries_violations_and_is_not_retried(
 async def test_key_echoed_by_a_server_never_reaches_exception_text(
     fake: RunningFake, admin_config: ClientConfig
 ) -> None:
-    fake.servicer.fail("RegisterIntegration", Failure(
-        grpc.StatusCode.INVALID_ARGUMENT, f"bad key {KEY}",
-        violations=[("private_key", f"{KEY} is revoked")],
-    ))
+    fake.servicer.fail(
+        "RegisterIntegration",
+        Failure(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"bad key {KEY}",
+            violations=[("private_key", f"{KEY} is revoked")],
+        ),
+    )
     async with AsyncForwarderClient(admin_config) as client:
         with pytest.raises(InvalidArgument) as caught:
             await client.register_integration("ws-1", KEY)
@@ -109,9 +118,7 @@ async def test_bare_unavailable_is_retried_with_backoff_up_to_the_limit(
     assert caught.value.reason == "VAULT_UNAVAILABLE"
 
 
-async def test_retried_click_is_taken_once(
-    fake: RunningFake, ingest_config: ClientConfig
-) -> None:
+async def test_retried_click_is_taken_once(fake: RunningFake, ingest_config: ClientConfig) -> None:
     fake.servicer.fail("ForwardClick", _unavailable(), _unavailable())
     click = pb.Click(click_id="c1", workspace_id="ws-1")
     async with AsyncForwarderClient(ingest_config) as client:
@@ -188,8 +195,11 @@ def _closed_port() -> int:
 
 
 async def test_unreachable_server_raises_unavailable_quickly() -> None:
-    config = ClientConfig(target=f"127.0.0.1:{_closed_port()}", token="t",
-                          retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01))
+    config = ClientConfig(
+        target=f"127.0.0.1:{_closed_port()}",
+        token="t",
+        retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.01),
+    )
     async with AsyncForwarderClient(config) as client:
         started = time.monotonic()
         with pytest.raises(Unavailable):
@@ -218,23 +228,35 @@ async def test_conversions_failed_events_rewrap_and_health(
     async with AsyncForwarderClient(admin_config) as admin:
         await admin.register_integration("ws-1", KEY)
         assert [e.event_id async for e in admin.iter_failed_events("ws-1", page_size=2)] == [
-            "e0", "e1", "e2"]
+            "e0",
+            "e1",
+            "e2",
+        ]
         assert (await admin.replay_failed_events("ws-1", ["e1"])).replayed_count == 1
         assert (await admin.replay_failed_events("ws-1", all_events=True)).replayed_count == 2
         assert (await admin.rewrap_keys()).rewrapped_count == 1
         assert await admin.check_health() == 1  # SERVING
     async with AsyncForwarderClient(ingest_config) as ingest:
-        await ingest.forward_click(pb.Click(click_id="c1", workspace_id="ws-1",
-                                            identifiers=pb.ProfileIdentifiers(email="a@b.co")))
+        await ingest.forward_click(
+            pb.Click(
+                click_id="c1",
+                workspace_id="ws-1",
+                identifiers=pb.ProfileIdentifiers(email="a@b.co"),
+            )
+        )
         response = await ingest.forward_conversion(
-            pb.Conversion(conversion_id="o1", workspace_id="ws-1", click_id="c1", value=9.5,
-                          currency="EUR"))
+            pb.Conversion(
+                conversion_id="o1", workspace_id="ws-1", click_id="c1", value=9.5, currency="EUR"
+            )
+        )
         assert response.disposition == pb.CONVERSION_DISPOSITION_QUEUED
         with pytest.raises(InvalidArgument) as caught:
             await ingest.forward_conversion(
-                pb.Conversion(conversion_id="o2", workspace_id="ws-1", value=1.0))
+                pb.Conversion(conversion_id="o2", workspace_id="ws-1", value=1.0)
+            )
     assert caught.value.field_violations == [
-        ("conversion.currency", "is required when value is set")]
+        ("conversion.currency", "is required when value is set")
+    ]
 
 
 async def test_sync_client_retries_and_maps_errors(

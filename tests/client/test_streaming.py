@@ -15,15 +15,19 @@ from tests.client.fake_server import Failure, RunningFake
 KEY = "pk_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7"
 
 
-async def _clicks(count: int, *, delay_s: float = 0.0, pulled: list[int] | None = None
-                  ) -> AsyncIterator[pb.Click]:
+async def _clicks(
+    count: int, *, delay_s: float = 0.0, pulled: list[int] | None = None
+) -> AsyncIterator[pb.Click]:
     for index in range(count):
         if delay_s:
             await asyncio.sleep(delay_s)
         if pulled is not None:
             pulled.append(index)
-        yield pb.Click(click_id=f"c{index}", workspace_id="ws-1",
-                       identifiers=pb.ProfileIdentifiers(email=f"u{index}@example.com"))
+        yield pb.Click(
+            click_id=f"c{index}",
+            workspace_id="ws-1",
+            identifiers=pb.ProfileIdentifiers(email=f"u{index}@example.com"),
+        )
 
 
 async def test_clicks_are_batched_and_every_batch_is_acked(
@@ -40,9 +44,7 @@ async def test_clicks_are_batched_and_every_batch_is_acked(
     assert {r.disposition for r in results} == {pb.CLICK_DISPOSITION_QUEUED}
 
 
-async def test_empty_source_ends_cleanly(
-    fake: RunningFake, ingest_config: ClientConfig
-) -> None:
+async def test_empty_source_ends_cleanly(fake: RunningFake, ingest_config: ClientConfig) -> None:
     async with AsyncForwarderClient(ingest_config) as client:
         assert [a async for a in client.stream_clicks(_clicks(0))] == []
 
@@ -51,8 +53,12 @@ async def test_slow_source_is_sent_after_linger_not_held_for_a_full_batch(
     fake: RunningFake, ingest_config: ClientConfig
 ) -> None:
     async with AsyncForwarderClient(ingest_config) as client:
-        acks = [a async for a in client.stream_clicks(
-            _clicks(3, delay_s=0.1), batch_size=500, linger_s=0.01)]
+        acks = [
+            a
+            async for a in client.stream_clicks(
+                _clicks(3, delay_s=0.1), batch_size=500, linger_s=0.01
+            )
+        ]
     assert [len(a.results) for a in acks] == [1, 1, 1]
 
 
@@ -63,8 +69,9 @@ async def test_unacked_window_stops_reading_the_source(
     fake.servicer.stream.hold_acks = release
     pulled: list[int] = []
     async with AsyncForwarderClient(ingest_config) as client:
-        stream = client.stream_clicks(_clicks(10_000, pulled=pulled), batch_size=10,
-                                      max_in_flight=2, linger_s=0.0)
+        stream = client.stream_clicks(
+            _clicks(10_000, pulled=pulled), batch_size=10, max_in_flight=2, linger_s=0.0
+        )
         first = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0.3)
         # Two batches in flight, one being formed, one queue of clicks: nothing more.
@@ -84,8 +91,12 @@ async def test_dropped_stream_resends_unacked_batches_without_duplicates(
         await admin.register_integration("ws-1", KEY)
     fake.servicer.stream.fail_once_after_batches = 3
     async with AsyncForwarderClient(ingest_config) as client:
-        acks = [a async for a in client.stream_clicks(_clicks(100), batch_size=10,
-                                                        max_in_flight=4, linger_s=0.0)]
+        acks = [
+            a
+            async for a in client.stream_clicks(
+                _clicks(100), batch_size=10, max_in_flight=4, linger_s=0.0
+            )
+        ]
     assert sorted(a.batch_id for a in acks) == list(range(1, 11))
     assert fake.servicer.streams_opened == 2
     assert len(fake.servicer.clicks) == 100
@@ -98,8 +109,11 @@ async def test_invalid_argument_ends_the_stream_without_retry(
 ) -> None:
     fake.servicer.stream.fail_once_after_batches = 1
     fake.servicer.stream.failure = Failure(
-        grpc.StatusCode.INVALID_ARGUMENT, "batch too large", reason="INVALID_ARGUMENT",
-        violations=[("clicks", "at most 1000")])
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch too large",
+        reason="INVALID_ARGUMENT",
+        violations=[("clicks", "at most 1000")],
+    )
     async with AsyncForwarderClient(ingest_config) as client:
         with pytest.raises(InvalidArgument) as caught:
             [a async for a in client.stream_clicks(_clicks(5))]

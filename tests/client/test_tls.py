@@ -30,8 +30,9 @@ async def mtls_target(pki: Path) -> AsyncIterator[str]:
 
 
 async def test_mutual_tls_with_client_certificate(pki: Path, mtls_target: str) -> None:
-    tls = TlsConfig(ca_file=pki / "ca.pem", cert_file=pki / "client.pem",
-                    key_file=pki / "client.key")
+    tls = TlsConfig(
+        ca_file=pki / "ca.pem", cert_file=pki / "client.pem", key_file=pki / "client.key"
+    )
     config = ClientConfig(target=mtls_target, token=ADMIN_TOKEN, tls=tls)
     async with AsyncForwarderClient(config) as client:
         response = await client.list_integrations()
@@ -39,9 +40,13 @@ async def test_mutual_tls_with_client_certificate(pki: Path, mtls_target: str) -
 
 
 async def test_server_refuses_a_client_without_certificate(pki: Path, mtls_target: str) -> None:
-    config = ClientConfig(target=mtls_target, token=ADMIN_TOKEN,
-                          tls=TlsConfig(ca_file=pki / "ca.pem"),
-                          retry=RetryPolicy.disabled(), default_timeout_s=3)
+    config = ClientConfig(
+        target=mtls_target,
+        token=ADMIN_TOKEN,
+        tls=TlsConfig(ca_file=pki / "ca.pem"),
+        retry=RetryPolicy.disabled(),
+        default_timeout_s=3,
+    )
     async with AsyncForwarderClient(config) as client:
         with pytest.raises(Unavailable):
             await client.list_integrations()

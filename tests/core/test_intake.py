@@ -7,10 +7,10 @@ import time
 
 import grpc
 import pytest
+from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from elido.forwarder.v1 import forwarder_pb2 as pb
 from tests.core.conftest import new_key
 from tests.support.forwarder import ForwarderProcess
 from tests.support.openbao import new_workspace_id
@@ -23,8 +23,12 @@ def register(fwd: ForwarderProcess, ws: str) -> None:
 
 
 def click(ws: str, click_id: str, email: str = "jane@example.com", **fields: object) -> pb.Click:
-    c = pb.Click(workspace_id=ws, click_id=click_id,
-                 destination_url="https://shop.example/p?utm_source=klaviyo", **fields)  # type: ignore[arg-type]
+    c = pb.Click(
+        workspace_id=ws,
+        click_id=click_id,
+        destination_url="https://shop.example/p?utm_source=klaviyo",
+        **fields,
+    )  # type: ignore[arg-type]
     c.click_time.FromSeconds(int(time.time()) - 5)
     if email:
         c.identifiers.email = email
@@ -50,10 +54,13 @@ def details(error: grpc.RpcError) -> tuple[str, list[tuple[str, str]]]:
 def outbox_rows(fwd: ForwarderProcess) -> int:
     with sqlite3.connect(fwd.db_path) as db:
         return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0]) + int(
-            db.execute("SELECT count(*) FROM clicks").fetchone()[0])
+            db.execute("SELECT count(*) FROM clicks").fetchone()[0]
+        )
 
 
-def test_dispositions_queued_duplicate_anonymous_no_integration(forwarder: ForwarderProcess) -> None:
+def test_dispositions_queued_duplicate_anonymous_no_integration(
+    forwarder: ForwarderProcess,
+) -> None:
     ws = new_workspace_id()
     register(forwarder, ws)
     stub, md = forwarder.stub(), forwarder.ingest()
@@ -63,7 +70,9 @@ def test_dispositions_queued_duplicate_anonymous_no_integration(forwarder: Forwa
     assert forward(click(ws, "a2", email="")) == pb.CLICK_DISPOSITION_ANONYMOUS
     assert forward(click(ws, "a3", email="")) == pb.CLICK_DISPOSITION_ANONYMOUS
     assert forward(click(new_workspace_id(), "a4")) == pb.CLICK_DISPOSITION_NO_INTEGRATION
-    status = forwarder.stub().GetIntegration(pb.GetIntegrationRequest(workspace_id=ws), metadata=forwarder.admin())
+    status = forwarder.stub().GetIntegration(
+        pb.GetIntegrationRequest(workspace_id=ws), metadata=forwarder.admin()
+    )
     assert status.integration.delivery.anonymous_click_count == 2
     assert status.integration.delivery.queued_count == 1
 
@@ -73,10 +82,16 @@ def test_identifiers_are_read_from_the_destination_url(forwarder: ForwarderProce
     register(forwarder, ws)
     c = click(ws, "u1", email="")
     c.destination_url = "https://shop.example/p?email=jane+news@example.com&utm_campaign=bf"
-    assert forwarder.stub().ForwardClick(pb.ForwardClickRequest(click=c), metadata=forwarder.ingest()).disposition \
+    assert (
+        forwarder.stub()
+        .ForwardClick(pb.ForwardClickRequest(click=c), metadata=forwarder.ingest())
+        .disposition
         == pb.CLICK_DISPOSITION_QUEUED
+    )
     with sqlite3.connect(forwarder.db_path) as db:
-        (identifiers,) = db.execute("SELECT identifiers FROM outbox WHERE source_id='u1'").fetchone()
+        (identifiers,) = db.execute(
+            "SELECT identifiers FROM outbox WHERE source_id='u1'"
+        ).fetchone()
     assert '"jane+news@example.com"' in identifiers  # the + decoded as a space is repaired
 
 
@@ -99,7 +114,9 @@ BAD_CLICKS = [
 ]
 
 
-@pytest.mark.parametrize(("field", "change"), BAD_CLICKS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_CLICKS)])
+@pytest.mark.parametrize(
+    ("field", "change"), BAD_CLICKS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_CLICKS)]
+)
 def test_bad_click_is_invalid_argument_naming_the_field_and_changes_nothing(
     forwarder: ForwarderProcess, field: str, change: dict[str, object]
 ) -> None:
@@ -139,14 +156,18 @@ def test_missing_click_and_missing_time(forwarder: ForwarderProcess) -> None:
     assert ("click.click_time", "required") in details(caught.value)[1]
 
 
-@pytest.mark.parametrize(("metadata", "code", "reason"), [
-    ([], grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
-    ([("authorization", "Bearer wrong")], grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
-    ([("authorization", "Basic abc")], grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
-    ("ingest", grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
-])
-def test_admin_rpc_needs_an_admin_token(forwarder: ForwarderProcess, metadata: object,
-                                         code: grpc.StatusCode, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("metadata", "code", "reason"),
+    [
+        ([], grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
+        ([("authorization", "Bearer wrong")], grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
+        ([("authorization", "Basic abc")], grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
+        ("ingest", grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    ],
+)
+def test_admin_rpc_needs_an_admin_token(
+    forwarder: ForwarderProcess, metadata: object, code: grpc.StatusCode, reason: str
+) -> None:
     md = forwarder.ingest() if metadata == "ingest" else metadata
     with pytest.raises(grpc.RpcError) as caught:
         forwarder.stub().ListIntegrations(pb.ListIntegrationsRequest(), metadata=md)  # type: ignore[arg-type]
@@ -154,31 +175,44 @@ def test_admin_rpc_needs_an_admin_token(forwarder: ForwarderProcess, metadata: o
     assert details(caught.value)[0] == reason
 
 
-def test_stream_acks_each_batch_after_commit_with_per_click_results(forwarder: ForwarderProcess) -> None:
+def test_stream_acks_each_batch_after_commit_with_per_click_results(
+    forwarder: ForwarderProcess,
+) -> None:
     ws = new_workspace_id()
     register(forwarder, ws)
     bad = click(ws, "s-bad")
     bad.identifiers.email = "nope"
     batches = [
         pb.StreamClicksRequest(batch_id=1, clicks=[click(ws, f"s-{i}") for i in range(500)]),
-        pb.StreamClicksRequest(batch_id=2, clicks=[click(ws, "s-0"), bad, click(ws, "s-new", email="")]),
+        pb.StreamClicksRequest(
+            batch_id=2, clicks=[click(ws, "s-0"), bad, click(ws, "s-new", email="")]
+        ),
     ]
     responses = list(forwarder.stub().StreamClicks(iter(batches), metadata=forwarder.ingest()))
     assert [r.batch_id for r in responses] == [1, 2]
     assert {r.disposition for r in responses[0].results} == {pb.CLICK_DISPOSITION_QUEUED}
     second = responses[1].results
     assert [r.disposition for r in second] == [
-        pb.CLICK_DISPOSITION_DUPLICATE, pb.CLICK_DISPOSITION_REJECTED, pb.CLICK_DISPOSITION_ANONYMOUS]
+        pb.CLICK_DISPOSITION_DUPLICATE,
+        pb.CLICK_DISPOSITION_REJECTED,
+        pb.CLICK_DISPOSITION_ANONYMOUS,
+    ]
     assert second[1].field_violations[0].field == "clicks[1].identifiers.email"
     with sqlite3.connect(forwarder.db_path) as db:
-        assert db.execute("SELECT count(*) FROM outbox WHERE workspace_id=?", (ws,)).fetchone()[0] == 500
+        assert (
+            db.execute("SELECT count(*) FROM outbox WHERE workspace_id=?", (ws,)).fetchone()[0]
+            == 500
+        )
 
 
-@pytest.mark.parametrize(("batch", "field"), [
-    (pb.StreamClicksRequest(batch_id=0, clicks=[pb.Click()]), "batch_id"),
-    (pb.StreamClicksRequest(batch_id=1), "clicks"),
-    (pb.StreamClicksRequest(batch_id=1, clicks=[pb.Click()] * 1001), "clicks"),
-])
+@pytest.mark.parametrize(
+    ("batch", "field"),
+    [
+        (pb.StreamClicksRequest(batch_id=0, clicks=[pb.Click()]), "batch_id"),
+        (pb.StreamClicksRequest(batch_id=1), "clicks"),
+        (pb.StreamClicksRequest(batch_id=1, clicks=[pb.Click()] * 1001), "clicks"),
+    ],
+)
 def test_malformed_batch_ends_the_stream_with_invalid_argument(
     forwarder: ForwarderProcess, batch: pb.StreamClicksRequest, field: str
 ) -> None:
@@ -187,7 +221,10 @@ def test_malformed_batch_ends_the_stream_with_invalid_argument(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in [f for f, _ in details(caught.value)[1]]
     # The server keeps serving.
-    assert forwarder.stub().ListIntegrations(pb.ListIntegrationsRequest(), metadata=forwarder.admin()) is not None
+    assert (
+        forwarder.stub().ListIntegrations(pb.ListIntegrationsRequest(), metadata=forwarder.admin())
+        is not None
+    )
 
 
 def test_oversized_message_and_garbage_bytes_are_refused_and_server_keeps_serving(
@@ -196,34 +233,50 @@ def test_oversized_message_and_garbage_bytes_are_refused_and_server_keeps_servin
     huge = click("w", "c")
     huge.referrer = "r" * (5 * 1024 * 1024)
     with pytest.raises(grpc.RpcError) as caught:
-        forwarder.stub().ForwardClick(pb.ForwardClickRequest(click=huge), metadata=forwarder.ingest())
+        forwarder.stub().ForwardClick(
+            pb.ForwardClickRequest(click=huge), metadata=forwarder.ingest()
+        )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     raw = forwarder.channel().unary_unary(
         "/elido.forwarder.v1.ForwarderService/ForwardClick",
-        request_serializer=lambda b: b, response_deserializer=lambda b: b,
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
     )
     with pytest.raises(grpc.RpcError) as caught:
         raw(b"\xff\xff\xff\xff garbage", metadata=forwarder.ingest())
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    health = forwarder.stub().ListIntegrations(pb.ListIntegrationsRequest(), metadata=forwarder.admin())
+    health = forwarder.stub().ListIntegrations(
+        pb.ListIntegrationsRequest(), metadata=forwarder.admin()
+    )
     assert health is not None
 
 
-def test_conversion_resolves_profile_from_click_and_is_idempotent(forwarder: ForwarderProcess) -> None:
+def test_conversion_resolves_profile_from_click_and_is_idempotent(
+    forwarder: ForwarderProcess,
+) -> None:
     ws = new_workspace_id()
     register(forwarder, ws)
     stub = forwarder.stub()
-    stub.ForwardClick(pb.ForwardClickRequest(click=click(ws, "cl-1", email="buyer@example.com")),
-                      metadata=forwarder.ingest())
-    conv = pb.Conversion(conversion_id="order-1", workspace_id=ws, click_id="cl-1", value=42.5, currency="EUR")
+    stub.ForwardClick(
+        pb.ForwardClickRequest(click=click(ws, "cl-1", email="buyer@example.com")),
+        metadata=forwarder.ingest(),
+    )
+    conv = pb.Conversion(
+        conversion_id="order-1", workspace_id=ws, click_id="cl-1", value=42.5, currency="EUR"
+    )
     conv.properties.update({"order_id": "1001", "items": ["a", "b"]})
-    send = lambda c: stub.ForwardConversion(pb.ForwardConversionRequest(conversion=c), metadata=forwarder.ingest())  # noqa: E731
+    def send(c):
+        return stub.ForwardConversion(
+            pb.ForwardConversionRequest(conversion=c), metadata=forwarder.ingest()
+        )
     assert send(conv).disposition == pb.CONVERSION_DISPOSITION_QUEUED
     assert send(conv).disposition == pb.CONVERSION_DISPOSITION_DUPLICATE
     unknown = pb.Conversion(conversion_id="order-2", workspace_id=ws, click_id="never-seen")
     assert send(unknown).disposition == pb.CONVERSION_DISPOSITION_UNATTRIBUTED
     with sqlite3.connect(forwarder.db_path) as db:
-        row = db.execute("SELECT identifiers, value, currency FROM outbox WHERE source_id='order-1'").fetchone()
+        row = db.execute(
+            "SELECT identifiers, value, currency FROM outbox WHERE source_id='order-1'"
+        ).fetchone()
     assert row == ('{"email":"buyer@example.com"}', 42.5, "EUR")
     with pytest.raises(grpc.RpcError) as caught:
         send(pb.Conversion(conversion_id="order-3", workspace_id=ws, click_id="cl-1", value=5))

@@ -5,9 +5,17 @@ from __future__ import annotations
 import time
 
 import grpc
-
 from elido.forwarder.v1 import forwarder_pb2 as pb
-from tests.delivery.conftest import forward, integration, make_click, new_key, register, rpc_code, wait_for
+
+from tests.delivery.conftest import (
+    forward,
+    integration,
+    make_click,
+    new_key,
+    register,
+    rpc_code,
+    wait_for,
+)
 from tests.klaviyo_mock import KlaviyoMockThread
 from tests.support.forwarder import ForwarderProcess
 from tests.support.klaviyo_spec import validate_schema
@@ -15,36 +23,65 @@ from tests.support.openbao import new_workspace_id
 
 
 def test_click_and_conversion_reach_the_timeline_exactly(
-    forwarder_factory, klaviyo_mock_thread: KlaviyoMockThread  # type: ignore[no-untyped-def]
+    forwarder_factory,
+    klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
 ) -> None:
     fwd: ForwarderProcess = forwarder_factory(klaviyo_url=klaviyo_mock_thread.base_url)
     key, ws = new_key(), new_workspace_id()
     klaviyo_mock_thread.add_key(key, "acct-e2e")
     register(fwd, ws, key)
-    click = make_click(ws, "clk-1", link_id="lnk-9", short_url="https://elido.link/abc",
-                       destination_url="https://shop.example/sale?email=jane%2Bvip%40example.com&utm_source=klaviyo&utm_campaign=bf",
-                       user_agent="Mozilla/5.0", referrer="https://mail.example/")
+    click = make_click(
+        ws,
+        "clk-1",
+        link_id="lnk-9",
+        short_url="https://elido.link/abc",
+        destination_url="https://shop.example/sale?email=jane%2Bvip%40example.com&utm_source=klaviyo&utm_campaign=bf",
+        user_agent="Mozilla/5.0",
+        referrer="https://mail.example/",
+    )
     assert forward(fwd, [click]) == [pb.CLICK_DISPOSITION_QUEUED]
-    conversion = pb.Conversion(conversion_id="order-77", workspace_id=ws, click_id="clk-1", value=19.99, currency="USD")
+    conversion = pb.Conversion(
+        conversion_id="order-77", workspace_id=ws, click_id="clk-1", value=19.99, currency="USD"
+    )
     conversion.properties.update({"order_id": "77"})
-    assert fwd.stub().ForwardConversion(pb.ForwardConversionRequest(conversion=conversion),
-                                        metadata=fwd.ingest()).disposition == pb.CONVERSION_DISPOSITION_QUEUED
+    assert (
+        fwd.stub()
+        .ForwardConversion(
+            pb.ForwardConversionRequest(conversion=conversion), metadata=fwd.ingest()
+        )
+        .disposition
+        == pb.CONVERSION_DISPOSITION_QUEUED
+    )
 
-    wait_for(lambda: len(klaviyo_mock_thread.timeline("acct-e2e")) == 2, what="two events on the timeline")
+    wait_for(
+        lambda: len(klaviyo_mock_thread.timeline("acct-e2e")) == 2,
+        what="two events on the timeline",
+    )
     events = {e.metric: e for e in klaviyo_mock_thread.timeline("acct-e2e")}
     clicked = events["Elido Link Clicked"]
     assert clicked.profile == {"email": "jane+vip@example.com"}
     assert clicked.unique_id == "clk-1"
     assert clicked.properties == {
-        "click_id": "clk-1", "link_id": "lnk-9", "short_url": "https://elido.link/abc",
-        "destination_url": click.destination_url, "user_agent": "Mozilla/5.0",
-        "referrer": "https://mail.example/", "utm_campaign": "bf", "utm_source": "klaviyo",
+        "click_id": "clk-1",
+        "link_id": "lnk-9",
+        "short_url": "https://elido.link/abc",
+        "destination_url": click.destination_url,
+        "user_agent": "Mozilla/5.0",
+        "referrer": "https://mail.example/",
+        "utm_campaign": "bf",
+        "utm_source": "klaviyo",
     }
-    assert clicked.time == time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(click.click_time.seconds))
+    assert clicked.time == time.strftime(
+        "%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(click.click_time.seconds)
+    )
     assert not clicked.backfill
     converted = events["Elido Conversion"]
     assert converted.profile == {"email": "jane+vip@example.com"}
-    assert (converted.unique_id, converted.value, converted.value_currency) == ("order-77", 19.99, "USD")
+    assert (converted.unique_id, converted.value, converted.value_currency) == (
+        "order-77",
+        19.99,
+        "USD",
+    )
     assert converted.properties["order_id"] == "77"
 
     sent = [r for r in klaviyo_mock_thread.requests if r.path == "/api/events"]
@@ -57,12 +94,14 @@ def test_click_and_conversion_reach_the_timeline_exactly(
         validate_schema("EventCreateQueryV2", request.json)
         assert request.status == 202
     status = integration(fwd, ws).delivery
-    assert status.delivered_count == 2 and status.queued_count == 0
+    assert status.delivered_count == 2
+    assert status.queued_count == 0
     assert status.HasField("last_delivery_time")
 
 
 def test_large_backlog_goes_out_as_bulk_jobs_grouped_by_profile(
-    forwarder_factory, klaviyo_mock_thread: KlaviyoMockThread  # type: ignore[no-untyped-def]
+    forwarder_factory,
+    klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
 ) -> None:
     fwd: ForwarderProcess = forwarder_factory(klaviyo_url=klaviyo_mock_thread.base_url)
     key, ws = new_key(), new_workspace_id()
@@ -70,37 +109,49 @@ def test_large_backlog_goes_out_as_bulk_jobs_grouped_by_profile(
     register(fwd, ws, key, click_metric_name="Bulk Click")
     clicks = [make_click(ws, f"b-{i}", email=f"user{i % 40}@example.com") for i in range(1500)]
     assert set(forward(fwd, clicks)) == {pb.CLICK_DISPOSITION_QUEUED}
-    wait_for(lambda: len(klaviyo_mock_thread.timeline("acct-bulk")) == 1500, timeout_s=30, what="1500 events")
+    wait_for(
+        lambda: len(klaviyo_mock_thread.timeline("acct-bulk")) == 1500,
+        timeout_s=30,
+        what="1500 events",
+    )
     bulk = [r for r in klaviyo_mock_thread.requests if r.path == "/api/event-bulk-create-jobs"]
     assert bulk, "a backlog of 1500 must use Bulk Create Events"
     for request in bulk:
         validate_schema("EventsBulkCreateJob", request.json)
         profiles = request.json["data"]["attributes"]["events-bulk-create"]["data"]
         assert sum(len(p["attributes"]["events"]["data"]) for p in profiles) <= 1000
-    assert {e.unique_id for e in klaviyo_mock_thread.timeline("acct-bulk")} == {f"b-{i}" for i in range(1500)}
+    assert {e.unique_id for e in klaviyo_mock_thread.timeline("acct-bulk")} == {
+        f"b-{i}" for i in range(1500)
+    }
     assert klaviyo_mock_thread.throttled_count == 0
 
 
 def test_rejected_key_holds_events_until_a_new_key_is_registered(
-    forwarder_factory, klaviyo_mock_thread: KlaviyoMockThread  # type: ignore[no-untyped-def]
+    forwarder_factory,
+    klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
 ) -> None:
     fwd: ForwarderProcess = forwarder_factory(klaviyo_url=klaviyo_mock_thread.base_url)
     ws = new_workspace_id()
     register(fwd, ws, new_key())  # unknown to Klaviyo: 401
     forward(fwd, [make_click(ws, f"h-{i}", email="held@example.com") for i in range(3)])
-    wait_for(lambda: integration(fwd, ws).state == pb.INTEGRATION_STATE_KEY_REJECTED, what="key rejected")
+    wait_for(
+        lambda: integration(fwd, ws).state == pb.INTEGRATION_STATE_KEY_REJECTED, what="key rejected"
+    )
     held = integration(fwd, ws)
     assert "401" in held.state_reason
     assert held.delivery.queued_count == 3
     good = new_key()
     klaviyo_mock_thread.add_key(good, "acct-held")
     register(fwd, ws, good)
-    wait_for(lambda: len(klaviyo_mock_thread.timeline("acct-held")) == 3, what="held events delivered")
+    wait_for(
+        lambda: len(klaviyo_mock_thread.timeline("acct-held")) == 3, what="held events delivered"
+    )
     assert integration(fwd, ws).state == pb.INTEGRATION_STATE_ACTIVE
 
 
 def test_invalid_event_is_failed_listed_and_replayable(
-    forwarder_factory, klaviyo_mock_thread: KlaviyoMockThread  # type: ignore[no-untyped-def]
+    forwarder_factory,
+    klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
 ) -> None:
     from tests.klaviyo_mock import Fault, FaultKind
 
@@ -112,20 +163,33 @@ def test_invalid_event_is_failed_listed_and_replayable(
     forward(fwd, [make_click(ws, "f-1", email="f@example.com")])
     stub = fwd.stub()
     wait_for(lambda: integration(fwd, ws).delivery.failed_count == 1, what="event failed")
-    failed = stub.ListFailedEvents(pb.ListFailedEventsRequest(workspace_id=ws), metadata=fwd.admin()).failed_events
+    failed = stub.ListFailedEvents(
+        pb.ListFailedEventsRequest(workspace_id=ws), metadata=fwd.admin()
+    ).failed_events
     assert [(f.source_id, f.kind) for f in failed] == [("f-1", pb.EVENT_KIND_CLICK)]
     assert "Klaviyo rejected" in failed[0].last_error
-    assert rpc_code(lambda: stub.ReplayFailedEvents(
-        pb.ReplayFailedEventsRequest(workspace_id=ws), metadata=fwd.admin())) == grpc.StatusCode.INVALID_ARGUMENT
-    replayed = stub.ReplayFailedEvents(pb.ReplayFailedEventsRequest(workspace_id=ws, event_ids=[failed[0].event_id]),
-                                       metadata=fwd.admin())
+    assert (
+        rpc_code(
+            lambda: stub.ReplayFailedEvents(
+                pb.ReplayFailedEventsRequest(workspace_id=ws), metadata=fwd.admin()
+            )
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    replayed = stub.ReplayFailedEvents(
+        pb.ReplayFailedEventsRequest(workspace_id=ws, event_ids=[failed[0].event_id]),
+        metadata=fwd.admin(),
+    )
     assert replayed.replayed_count == 1
-    wait_for(lambda: len(klaviyo_mock_thread.timeline("acct-fail")) == 1, what="replayed event delivered")
+    wait_for(
+        lambda: len(klaviyo_mock_thread.timeline("acct-fail")) == 1, what="replayed event delivered"
+    )
     assert integration(fwd, ws).delivery.failed_count == 0
 
 
 def test_one_workspaces_bad_key_and_throttling_do_not_delay_another(
-    forwarder_factory, klaviyo_mock_thread: KlaviyoMockThread  # type: ignore[no-untyped-def]
+    forwarder_factory,
+    klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
 ) -> None:
     from tests.klaviyo_mock import WindowLimit
 
@@ -133,7 +197,9 @@ def test_one_workspaces_bad_key_and_throttling_do_not_delay_another(
     slow_key, good_key = new_key(), new_key()
     klaviyo_mock_thread.add_key(slow_key, "acct-a")
     klaviyo_mock_thread.add_key(good_key, "acct-b")
-    klaviyo_mock_thread.set_limits(account="acct-a", events=WindowLimit(2, 10), bulk=WindowLimit(1, 2))
+    klaviyo_mock_thread.set_limits(
+        account="acct-a", events=WindowLimit(2, 10), bulk=WindowLimit(1, 2)
+    )
     ws_a, ws_bad, ws_b = new_workspace_id("a"), new_workspace_id("bad"), new_workspace_id("b")
     register(fwd, ws_a, slow_key)
     register(fwd, ws_bad, new_key())

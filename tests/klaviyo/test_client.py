@@ -30,8 +30,9 @@ WRONG_KEY = PrivateKey("pk_" + "W" * 30 + "0000")
 BODY = build_event(click(), IntegrationSettings(), T0 + 60)
 
 
-async def test_sends_the_four_headers_and_a_compact_body(klaviyo_mock: KlaviyoMock,
-                                                         client: KlaviyoClient) -> None:
+async def test_sends_the_four_headers_and_a_compact_body(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
     result = await client.create_event(KEY, BODY)
     assert result.outcome is Outcome.ACCEPTED
     assert result.status_code == 202
@@ -47,8 +48,9 @@ async def test_sends_the_four_headers_and_a_compact_body(klaviyo_mock: KlaviyoMo
     validate_event_create(request.json)
 
 
-async def test_bulk_job_goes_to_the_bulk_endpoint(klaviyo_mock: KlaviyoMock,
-                                                  client: KlaviyoClient) -> None:
+async def test_bulk_job_goes_to_the_bulk_endpoint(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
     body = build_bulk_job([click("a"), click("b")], IntegrationSettings(), T0 + 60)
     result = await client.create_bulk_job(KEY, body)
     assert result.outcome is Outcome.ACCEPTED
@@ -58,8 +60,9 @@ async def test_bulk_job_goes_to_the_bulk_endpoint(klaviyo_mock: KlaviyoMock,
     assert [e.unique_id for e in klaviyo_mock.timeline()] == ["a", "b"]
 
 
-async def test_429_retry_after_from_header_then_from_text(klaviyo_mock: KlaviyoMock,
-                                                          client: KlaviyoClient) -> None:
+async def test_429_retry_after_from_header_then_from_text(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
     klaviyo_mock.set_limits(events=WindowLimit(5, 2))
     await client.create_event(KEY, BODY)
     await client.create_event(KEY, BODY)  # fills the steady window: next in ~60 s
@@ -75,15 +78,17 @@ async def test_429_retry_after_from_header_then_from_text(klaviyo_mock: KlaviyoM
     assert "throttled" in from_text.detail
 
 
-async def test_429_without_any_hint_has_no_retry_after(klaviyo_mock: KlaviyoMock,
-                                                       client: KlaviyoClient) -> None:
+async def test_429_without_any_hint_has_no_retry_after(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
     klaviyo_mock.inject(Fault(FaultKind.STATUS, status=429, body="Slow down."))
     result = await client.create_event(KEY, BODY)
     assert (result.outcome, result.retry_after_s) == (Outcome.RATE_LIMITED, None)
 
 
-async def test_wrong_key_and_missing_scope_are_key_rejected(klaviyo_mock: KlaviyoMock,
-                                                            client: KlaviyoClient) -> None:
+async def test_wrong_key_and_missing_scope_are_key_rejected(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
     klaviyo_mock.add_key("pk_noscopenoscopenoscope01", scopes=())
     wrong = await client.create_event(WRONG_KEY, BODY)
     no_scope = await client.create_event(PrivateKey("pk_noscopenoscopenoscope01"), BODY)
@@ -92,8 +97,9 @@ async def test_wrong_key_and_missing_scope_are_key_rejected(klaviyo_mock: Klaviy
     assert (no_scope.outcome, no_scope.status_code) == (Outcome.KEY_REJECTED, 403)
 
 
-async def test_invalid_payload_detail_names_code_and_pointer(klaviyo_mock: KlaviyoMock,
-                                                             client: KlaviyoClient) -> None:
+async def test_invalid_payload_detail_names_code_and_pointer(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
     body = build_event(click(), IntegrationSettings(), T0 + 60)
     body["data"]["attributes"]["time"] = "1999-01-01T00:00:00+00:00"
     result = await client.create_event(KEY, body)
@@ -102,19 +108,27 @@ async def test_invalid_payload_detail_names_code_and_pointer(klaviyo_mock: Klavi
     assert "/data/attributes/time" in result.detail
 
 
-@pytest.mark.parametrize(("fault", "outcome", "status"), [
-    (Fault(FaultKind.STATUS, status=500), Outcome.TRANSIENT, 500),
-    (Fault(FaultKind.STATUS, status=503), Outcome.TRANSIENT, 503),
-    (Fault(FaultKind.STATUS, status=504), Outcome.TRANSIENT, 504),
-    (Fault(FaultKind.HANG), Outcome.TRANSIENT, None),
-    (Fault(FaultKind.DROP), Outcome.TRANSIENT, None),
-    # A CDN's HTML 403 is not Klaviyo rejecting the key: retry rather than hold the workspace.
-    (Fault(FaultKind.HTML, status=403), Outcome.TRANSIENT, 403),
-    (Fault(FaultKind.HTML, status=400), Outcome.INVALID, 400),
-    (Fault(FaultKind.HTML, status=502), Outcome.TRANSIENT, 502),
-])
-async def test_faults_are_classified(klaviyo_mock: KlaviyoMock, client: KlaviyoClient,
-                                     fault: Fault, outcome: Outcome, status: int | None) -> None:
+@pytest.mark.parametrize(
+    ("fault", "outcome", "status"),
+    [
+        (Fault(FaultKind.STATUS, status=500), Outcome.TRANSIENT, 500),
+        (Fault(FaultKind.STATUS, status=503), Outcome.TRANSIENT, 503),
+        (Fault(FaultKind.STATUS, status=504), Outcome.TRANSIENT, 504),
+        (Fault(FaultKind.HANG), Outcome.TRANSIENT, None),
+        (Fault(FaultKind.DROP), Outcome.TRANSIENT, None),
+        # A CDN's HTML 403 is not Klaviyo rejecting the key: retry rather than hold the workspace.
+        (Fault(FaultKind.HTML, status=403), Outcome.TRANSIENT, 403),
+        (Fault(FaultKind.HTML, status=400), Outcome.INVALID, 400),
+        (Fault(FaultKind.HTML, status=502), Outcome.TRANSIENT, 502),
+    ],
+)
+async def test_faults_are_classified(
+    klaviyo_mock: KlaviyoMock,
+    client: KlaviyoClient,
+    fault: Fault,
+    outcome: Outcome,
+    status: int | None,
+) -> None:
     klaviyo_mock.inject(fault)
     result = await client.create_event(KEY, BODY)
     assert (result.outcome, result.status_code) == (outcome, status)
@@ -137,18 +151,21 @@ async def test_connection_refused_is_transient() -> None:
     assert "connection failed" in result.detail
 
 
-async def test_check_key_tells_wrong_from_valid(klaviyo_mock: KlaviyoMock,
-                                                client: KlaviyoClient) -> None:
+async def test_check_key_tells_wrong_from_valid(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
     assert (await client.check_key(KEY)).outcome is Outcome.ACCEPTED  # 403: valid, no read
     assert (await client.check_key(WRONG_KEY)).outcome is Outcome.KEY_REJECTED
 
 
-async def test_the_key_never_reaches_logs_details_or_reprs(klaviyo_mock: KlaviyoMock,
-                                                           client: KlaviyoClient) -> None:
+async def test_the_key_never_reaches_logs_details_or_reprs(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
     raw_wrong, raw_good = WRONG_KEY.reveal(), KEY.reveal()
     # A proxy page that echoes the Authorization header back, the worst case.
-    klaviyo_mock.inject(Fault(FaultKind.HTML, status=400,
-                              body=f"<p>Bad header: Klaviyo-API-Key {raw_good}</p>"))
+    klaviyo_mock.inject(
+        Fault(FaultKind.HTML, status=400, body=f"<p>Bad header: Klaviyo-API-Key {raw_good}</p>")
+    )
     klaviyo_mock.inject(Fault(FaultKind.DROP, count=1))
     results: list[KlaviyoResult] = []
     with capture_logs() as logs:
@@ -156,8 +173,12 @@ async def test_the_key_never_reaches_logs_details_or_reprs(klaviyo_mock: Klaviyo
         results.append(await client.create_event(KEY, BODY))
         results.append(await client.create_event(WRONG_KEY, BODY))
         results.append(await client.check_key(WRONG_KEY))
-    assert [r.outcome for r in results] == [Outcome.INVALID, Outcome.TRANSIENT,
-                                            Outcome.KEY_REJECTED, Outcome.KEY_REJECTED]
+    assert [r.outcome for r in results] == [
+        Outcome.INVALID,
+        Outcome.TRANSIENT,
+        Outcome.KEY_REJECTED,
+        Outcome.KEY_REJECTED,
+    ]
     assert KEY.fingerprint in results[0].detail  # scrubbed to the fingerprint
     text = repr(results) + repr(logs) + "".join(r.detail for r in results)
     assert logs, "failures should be logged"

@@ -29,14 +29,25 @@ FRESH = T0 + 60  # "now" one minute after the click: no backfill.
 
 def test_click_body_is_exactly_what_klaviyo_documents() -> None:
     body = build_event(click(occurred_at=T0 + 0.987, kx="kx.abc123"), SETTINGS, FRESH)
-    assert body == {"data": {"type": "event", "attributes": {
-        "properties": {"url": "https://shop.example/p/1", "utm_source": "klaviyo"},
-        "metric": {"data": {"type": "metric", "attributes": {"name": "Elido Link Clicked"}}},
-        "time": "2026-11-27T10:00:00+00:00",  # truncated to the second, UTC
-        "unique_id": "clk_1",
-        "profile": {"data": {"type": "profile", "attributes": {
-            "email": "ada@example.com", "_kx": "kx.abc123"}}},
-    }}}
+    assert body == {
+        "data": {
+            "type": "event",
+            "attributes": {
+                "properties": {"url": "https://shop.example/p/1", "utm_source": "klaviyo"},
+                "metric": {
+                    "data": {"type": "metric", "attributes": {"name": "Elido Link Clicked"}}
+                },
+                "time": "2026-11-27T10:00:00+00:00",  # truncated to the second, UTC
+                "unique_id": "clk_1",
+                "profile": {
+                    "data": {
+                        "type": "profile",
+                        "attributes": {"email": "ada@example.com", "_kx": "kx.abc123"},
+                    }
+                },
+            },
+        }
+    }
     validate_event_create(body)
 
 
@@ -60,7 +71,8 @@ def test_custom_metric_names_are_used() -> None:
     settings = IntegrationSettings(click_metric_name="Clicked Tracked Link")
     body = build_event(click(), settings, FRESH)
     assert body["data"]["attributes"]["metric"]["data"]["attributes"]["name"] == (
-        "Clicked Tracked Link")
+        "Clicked Tracked Link"
+    )
 
 
 def test_stale_events_are_backfilled_fresh_ones_are_not() -> None:
@@ -79,42 +91,57 @@ def test_empty_properties_are_sent_as_an_empty_object() -> None:
 
 
 def test_bulk_job_groups_events_under_their_profile_and_is_valid() -> None:
-    events = [click("c1", email="a@example.com"), click("c2", email="b@example.com"),
-              conversion("v1", email="a@example.com"),
-              click("c3", email="b@example.com", occurred_at=T0 - 10 * 86400)]
+    events = [
+        click("c1", email="a@example.com"),
+        click("c2", email="b@example.com"),
+        conversion("v1", email="a@example.com"),
+        click("c3", email="b@example.com", occurred_at=T0 - 10 * 86400),
+    ]
     body = build_bulk_job(events, SETTINGS, FRESH)
     validate_bulk_job(body)
     groups = body["data"]["attributes"]["events-bulk-create"]["data"]
     assert body["data"]["type"] == "event-bulk-create-job"
     assert [g["attributes"]["profile"]["data"]["attributes"] for g in groups] == [
-        {"email": "a@example.com"}, {"email": "b@example.com"}]
-    ids = [[e["attributes"]["unique_id"] for e in g["attributes"]["events"]["data"]]
-           for g in groups]
+        {"email": "a@example.com"},
+        {"email": "b@example.com"},
+    ]
+    ids = [
+        [e["attributes"]["unique_id"] for e in g["attributes"]["events"]["data"]] for g in groups
+    ]
     assert ids == [["c1", "v1"], ["c2", "c3"]]
     b_events = groups[1]["attributes"]["events"]["data"]
     assert b_events[1]["attributes"]["backfill"] is True  # ten days old
     assert "backfill" not in b_events[0]["attributes"]
-    assert all("profile" not in e["attributes"] for g in groups
-               for e in g["attributes"]["events"]["data"])
+    assert all(
+        "profile" not in e["attributes"] for g in groups for e in g["attributes"]["events"]["data"]
+    )
 
 
 def test_plan_splits_by_event_count() -> None:
     events = [click(f"c{i}", email=f"u{i}@example.com") for i in range(7)]
     jobs = plan_bulk_jobs(events, SETTINGS, FRESH, max_events=3)
     assert [[e.source_id for e in job] for job in jobs] == [
-        ["c0", "c1", "c2"], ["c3", "c4", "c5"], ["c6"]]
+        ["c0", "c1", "c2"],
+        ["c3", "c4", "c5"],
+        ["c6"],
+    ]
 
 
 def test_plan_keeps_every_job_under_the_byte_limit() -> None:
-    events = [click(f"c{i}", email=f"u{i % 5}@example.com", properties={"pad": "x" * (i * 37)})
-              for i in range(60)]
+    events = [
+        click(f"c{i}", email=f"u{i % 5}@example.com", properties={"pad": "x" * (i * 37)})
+        for i in range(60)
+    ]
     max_bytes = 4000
     jobs = plan_bulk_jobs(events, SETTINGS, FRESH, max_bytes=max_bytes)
     assert len(jobs) > 1
     assert sorted(e.source_id for job in jobs for e in job) == sorted(e.source_id for e in events)
     for job in jobs:
-        size = len(json.dumps(build_bulk_job(job, SETTINGS, FRESH), separators=(",", ":"),
-                              ensure_ascii=False).encode())
+        size = len(
+            json.dumps(
+                build_bulk_job(job, SETTINGS, FRESH), separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        )
         assert size <= max_bytes
 
 
@@ -125,7 +152,9 @@ def test_plan_puts_a_repeated_unique_id_in_a_later_job() -> None:
     other_metric = conversion("dup", email="a@example.com")  # same id, another metric: fine
     jobs = plan_bulk_jobs([first, other, repeat, other_metric], SETTINGS, FRESH)
     assert [[e.event_id for e in job] for job in jobs] == [
-        [first.event_id, other.event_id, other_metric.event_id], [repeat.event_id]]
+        [first.event_id, other.event_id, other_metric.event_id],
+        [repeat.event_id],
+    ]
 
 
 def test_plan_treats_a_shared_identifier_as_the_same_profile() -> None:
@@ -141,8 +170,9 @@ def test_plan_of_many_repeats_never_pairs_them() -> None:
     assert [[e.properties["n"] for e in job] for job in jobs] == [[0], [1], [2], [3]]
 
 
-async def test_the_mock_accepts_what_we_build(klaviyo_mock: KlaviyoMock,
-                                              client: KlaviyoClient) -> None:
+async def test_the_mock_accepts_what_we_build(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
     key = PrivateKey(TEST_KEY)
     single = await client.create_event(key, build_event(conversion(), SETTINGS, FRESH))
     events = [click(f"c{i}", email=f"u{i % 3}@example.com") for i in range(10)]
@@ -150,13 +180,13 @@ async def test_the_mock_accepts_what_we_build(klaviyo_mock: KlaviyoMock,
     assert (single.outcome, bulk.outcome) == (Outcome.ACCEPTED, Outcome.ACCEPTED)
     timeline = klaviyo_mock.timeline()
     assert sorted(e.unique_id or "" for e in timeline) == sorted(
-        ["conv_1", *(f"c{i}" for i in range(10))])
+        ["conv_1", *(f"c{i}" for i in range(10))]
+    )
     assert timeline[0].value == 19.99
     assert timeline[0].value_currency == "EUR"
 
 
-def test_missing_spec_is_reported_clearly(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_spec_is_reported_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "nowhere" / "stable.json"
     with pytest.raises(SpecMissingError, match=r"spec was not found at .*nowhere"):
         load_spec(missing)

@@ -40,8 +40,9 @@ def limiter(burst: int = 3, steady: int = 10) -> tuple[AccountRateLimiter, FakeC
     return AccountRateLimiter(config, clock=clock), clock
 
 
-def send(rl: AccountRateLimiter, endpoint: Endpoint = Endpoint.EVENTS,
-         result: KlaviyoResult = OK) -> None:
+def send(
+    rl: AccountRateLimiter, endpoint: Endpoint = Endpoint.EVENTS, result: KlaviyoResult = OK
+) -> None:
     assert rl.delay(endpoint) == 0
     rl.reserve(endpoint)
     rl.observe(endpoint, result)
@@ -112,8 +113,12 @@ def test_429_without_hint_backs_off_exponentially_and_success_resets() -> None:
 
 def test_remaining_zero_blocks_until_reset() -> None:
     rl, _ = limiter(burst=100, steady=100)
-    send(rl, result=KlaviyoResult(Outcome.ACCEPTED, 202, None, "",
-                                  RateLimitHeaders(limit=100, remaining=0, reset_s=12.0)))
+    send(
+        rl,
+        result=KlaviyoResult(
+            Outcome.ACCEPTED, 202, None, "", RateLimitHeaders(limit=100, remaining=0, reset_s=12.0)
+        ),
+    )
     assert rl.delay(Endpoint.EVENTS) == pytest.approx(12.0)
 
 
@@ -162,19 +167,26 @@ async def test_full_speed_through_the_limiter_gets_no_429(klaviyo_mock: KlaviyoM
                 return
             n = next(sequence)
             if endpoint is Endpoint.EVENTS:
-                result = await client.create_event(key, build_event(
-                    click(f"c{n}"), settings, T0 + 60))
+                result = await client.create_event(
+                    key, build_event(click(f"c{n}"), settings, T0 + 60)
+                )
             else:
-                result = await client.create_bulk_job(key, build_bulk_job(
-                    [click(f"b{n}"), click(f"b{n}x", email="bob@example.com")], settings,
-                    T0 + 60))
+                result = await client.create_bulk_job(
+                    key,
+                    build_bulk_job(
+                        [click(f"b{n}"), click(f"b{n}x", email="bob@example.com")],
+                        settings,
+                        T0 + 60,
+                    ),
+                )
             rl.observe(endpoint, result)
             assert result.outcome is Outcome.ACCEPTED, result.detail
             counts[endpoint] += 1
 
     try:
-        await asyncio.gather(*(worker(Endpoint.EVENTS) for _ in range(8)),
-                             *(worker(Endpoint.BULK) for _ in range(4)))
+        await asyncio.gather(
+            *(worker(Endpoint.EVENTS) for _ in range(8)), *(worker(Endpoint.BULK) for _ in range(4))
+        )
     finally:
         await client.aclose()
     assert klaviyo_mock.throttled_count == 0
@@ -196,8 +208,9 @@ async def test_limiter_adapts_when_the_account_is_shared(klaviyo_mock: KlaviyoMo
     try:
         while time.monotonic() < deadline:
             await rl.acquire(Endpoint.EVENTS)
-            result = await client.create_event(key, build_event(
-                click(f"c{accepted}"), IntegrationSettings(), T0 + 60))
+            result = await client.create_event(
+                key, build_event(click(f"c{accepted}"), IntegrationSettings(), T0 + 60)
+            )
             rl.observe(Endpoint.EVENTS, result)
             accepted += result.outcome is Outcome.ACCEPTED
     finally:

@@ -1,16 +1,16 @@
 """The JSON admin API under ``/__mock__/``, for drivers in another process.
 
-    GET    /__mock__/stats                      throttled_count, status counts, per-account counts
-    POST   /__mock__/keys      {key, account?, scopes?}
-    DELETE /__mock__/keys      {key}
-    POST   /__mock__/limits    {account?, events?: {burst_per_s, steady_per_min}, bulk?: {...},
-                                retry_after_header?}
-    POST   /__mock__/faults    {kind, status?, count?, duration_s?, delay_s?, account?,
-                                endpoint?, body?}
-    DELETE /__mock__/faults
-    GET    /__mock__/timeline?account=acct[&all=1]   (all=1: duplicates included)
-    GET    /__mock__/requests?limit=100              (Authorization redacted)
-    POST   /__mock__/reset
+GET    /__mock__/stats                      throttled_count, status counts, per-account counts
+POST   /__mock__/keys      {key, account?, scopes?}
+DELETE /__mock__/keys      {key}
+POST   /__mock__/limits    {account?, events?: {burst_per_s, steady_per_min}, bulk?: {...},
+                            retry_after_header?}
+POST   /__mock__/faults    {kind, status?, count?, duration_s?, delay_s?, account?,
+                            endpoint?, body?}
+DELETE /__mock__/faults
+GET    /__mock__/timeline?account=acct[&all=1]   (all=1: duplicates included)
+GET    /__mock__/requests?limit=100              (Authorization redacted)
+POST   /__mock__/reset
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ def add_admin_routes(app: web.Application, mock: KlaviyoMock) -> None:
 
     async def add_key(request: web.Request) -> web.Response:
         data = await _json(request)
-        mock.add_key(str(data["key"]), str(data.get("account", "acct")),
-                     data.get("scopes", sorted(DEFAULT_SCOPES)))
+        mock.add_key(
+            str(data["key"]),
+            str(data.get("account", "acct")),
+            data.get("scopes", sorted(DEFAULT_SCOPES)),
+        )
         return web.json_response({"ok": True})
 
     async def remove_key(request: web.Request) -> web.Response:
@@ -45,15 +48,21 @@ def add_admin_routes(app: web.Application, mock: KlaviyoMock) -> None:
 
     async def set_limits(request: web.Request) -> web.Response:
         data = await _json(request)
-        mock.set_limits(account=data.get("account"), events=_window(data.get("events")),
-                        bulk=_window(data.get("bulk")),
-                        retry_after_header=data.get("retry_after_header"))
+        mock.set_limits(
+            account=data.get("account"),
+            events=_window(data.get("events")),
+            bulk=_window(data.get("bulk")),
+            retry_after_header=data.get("retry_after_header"),
+        )
         return web.json_response({"ok": True})
 
     async def inject(request: web.Request) -> web.Response:
         data = await _json(request)
-        fields = {k: data[k] for k in ("status", "count", "duration_s", "delay_s", "account",
-                                       "endpoint", "body") if k in data}
+        fields = {
+            k: data[k]
+            for k in ("status", "count", "duration_s", "delay_s", "account", "endpoint", "body")
+            if k in data
+        }
         mock.inject(Fault(kind=FaultKind(data["kind"]), **fields))
         return web.json_response({"ok": True})
 
@@ -71,11 +80,21 @@ def add_admin_routes(app: web.Application, mock: KlaviyoMock) -> None:
 
         limit = int(request.query.get("limit", "100"))
         recorded = mock.requests[-limit:] if limit > 0 else []
-        return web.json_response([{
-            "seq": r.seq, "method": r.method, "path": r.path, "status": r.status,
-            "account": r.account, "received_at": r.received_at,
-            "headers": redact(r.headers.items()), "body": _text(r.body),
-        } for r in recorded])
+        return web.json_response(
+            [
+                {
+                    "seq": r.seq,
+                    "method": r.method,
+                    "path": r.path,
+                    "status": r.status,
+                    "account": r.account,
+                    "received_at": r.received_at,
+                    "headers": redact(r.headers.items()),
+                    "body": _text(r.body),
+                }
+                for r in recorded
+            ]
+        )
 
     async def reset(_: web.Request) -> web.Response:
         mock.reset()

@@ -64,9 +64,12 @@ class FaultBook:
         """The fault that hits this request, if any (consuming one of its count)."""
         if not self._active:
             return None
-        self._active = [a for a in self._active
-                        if (a.expires_at is None or a.expires_at > now)
-                        and (a.remaining is None or a.remaining > 0)]
+        self._active = [
+            a
+            for a in self._active
+            if (a.expires_at is None or a.expires_at > now)
+            and (a.remaining is None or a.remaining > 0)
+        ]
         for active in self._active:
             fault = active.fault
             if fault.account is not None and fault.account != account:

@@ -58,10 +58,17 @@ class RecordedEvent:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the admin API's timeline format)."""
         return {
-            "account": self.account, "endpoint": self.endpoint, "metric": self.metric,
-            "profile": dict(self.profile), "profile_identity": self.profile_identity,
-            "unique_id": self.unique_id, "time": self.time, "properties": dict(self.properties),
-            "value": self.value, "value_currency": self.value_currency,
-            "backfill": self.backfill, "request_seq": self.request_seq,
+            "account": self.account,
+            "endpoint": self.endpoint,
+            "metric": self.metric,
+            "profile": dict(self.profile),
+            "profile_identity": self.profile_identity,
+            "unique_id": self.unique_id,
+            "time": self.time,
+            "properties": dict(self.properties),
+            "value": self.value,
+            "value_currency": self.value_currency,
+            "backfill": self.backfill,
+            "request_seq": self.request_seq,
             "received_at": self.received_at,
         }

@@ -98,8 +98,7 @@ class KlaviyoMock:
         """Starts serving on the configured host and port (0 = a free port)."""
         self._stopping = asyncio.Event()
         app = web.Application(client_max_size=_CLIENT_MAX_SIZE)
-        for path, endpoint in (("/api/events", "events"),
-                               ("/api/event-bulk-create-jobs", "bulk")):
+        for path, endpoint in (("/api/events", "events"), ("/api/event-bulk-create-jobs", "bulk")):
             for variant in (path, path + "/"):
                 app.router.add_post(variant, self._make_handler(endpoint))
         for variant in ("/api/profiles", "/api/profiles/"):
@@ -110,8 +109,9 @@ class KlaviyoMock:
             add_admin_routes(app, self)
         # No access log: at thousands of requests/s it would dominate the mock's CPU.
         # Short shutdown: tests stop the mock often, and hung requests must not hold it up.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=0.5)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.host, self._config.port, backlog=1024)
         await site.start()
@@ -146,8 +146,9 @@ class KlaviyoMock:
 
     # -- configuration ----------------------------------------------------------------------
 
-    def add_key(self, key: str, account: str = "acct",
-                scopes: Iterable[str] = DEFAULT_SCOPES) -> None:
+    def add_key(
+        self, key: str, account: str = "acct", scopes: Iterable[str] = DEFAULT_SCOPES
+    ) -> None:
         """Makes ``key`` valid, belonging to ``account`` with ``scopes``."""
         self._keys[key] = KeySpec(key, account, frozenset(scopes))
 
@@ -155,18 +156,27 @@ class KlaviyoMock:
         """Makes ``key`` unknown (401), e.g. a key revoked in Klaviyo."""
         self._keys.pop(key, None)
 
-    def set_limits(self, *, account: str | None = None, events: WindowLimit | None = None,
-                   bulk: WindowLimit | None = None,
-                   retry_after_header: bool | None = None) -> None:
+    def set_limits(
+        self,
+        *,
+        account: str | None = None,
+        events: WindowLimit | None = None,
+        bulk: WindowLimit | None = None,
+        retry_after_header: bool | None = None,
+    ) -> None:
         """Changes the limits of ``account``, or the default for every account (None)."""
-        current = (self._default_limits if account is None
-                   else self._account_limits.get(account, self._default_limits))
+        current = (
+            self._default_limits
+            if account is None
+            else self._account_limits.get(account, self._default_limits)
+        )
         changed = replace(
             current,
             events=events or current.events,
             bulk=bulk or current.bulk,
-            retry_after_header=(current.retry_after_header if retry_after_header is None
-                                else retry_after_header),
+            retry_after_header=(
+                current.retry_after_header if retry_after_header is None else retry_after_header
+            ),
         )
         if account is None:
             self._default_limits = changed
@@ -223,10 +233,13 @@ class KlaviyoMock:
             "requests_recorded": len(self._requests),
             "faults_armed": len(self._faults),
             "accounts": {
-                account: {"timeline": self._timeline_counts.get(account, 0),
-                          "received": self._received_counts.get(account, 0)}
-                for account in sorted({*self._timeline_counts,
-                                       *(k.account for k in self._keys.values())})
+                account: {
+                    "timeline": self._timeline_counts.get(account, 0),
+                    "received": self._received_counts.get(account, 0),
+                }
+                for account in sorted(
+                    {*self._timeline_counts, *(k.account for k in self._keys.values())}
+                )
             },
         }
 
@@ -243,8 +256,13 @@ class KlaviyoMock:
         spec = self._key_spec(request)
         account = spec.account if spec else None
         record = RecordedRequest(
-            seq=next(self._seq), method=request.method, path=request.path,
-            headers=dict(request.headers), body=body, account=account, received_at=time.time(),
+            seq=next(self._seq),
+            method=request.method,
+            path=request.path,
+            headers=dict(request.headers),
+            body=body,
+            account=account,
+            received_at=time.time(),
         )
         self._requests.append(record)
         fault = self._faults.take(account, endpoint, time.monotonic())
@@ -258,8 +276,9 @@ class KlaviyoMock:
             response = _error_response(error)
         return self._finish(record, response)
 
-    def _finish(self, record: RecordedRequest,
-                response: web.StreamResponse | None) -> web.StreamResponse:
+    def _finish(
+        self, record: RecordedRequest, response: web.StreamResponse | None
+    ) -> web.StreamResponse:
         if response is None:
             # The connection is gone; aiohttp needs a response object it will not manage to send.
             return web.Response(status=500)
@@ -279,12 +298,15 @@ class KlaviyoMock:
             _drop(request)
             return None
         if fault.kind is FaultKind.HTML:
-            page = fault.body or (f"<html><head><title>{fault.status}</title></head><body>"
-                                  f"<h1>Error {fault.status}</h1><p>Request blocked.</p>"
-                                  "</body></html>")
+            page = fault.body or (
+                f"<html><head><title>{fault.status}</title></head><body>"
+                f"<h1>Error {fault.status}</h1><p>Request blocked.</p>"
+                "</body></html>"
+            )
             return web.Response(status=fault.status, text=page, content_type="text/html")
         code = {500: "error", 503: "service_unavailable", 504: "gateway_timeout"}.get(
-            fault.status, "error")
+            fault.status, "error"
+        )
         error = ApiError(fault.status, code, fault.body or "Injected fault.")
         return _error_response(error)
 
@@ -296,17 +318,28 @@ class KlaviyoMock:
         header = request.headers.get("Authorization", "")
         if not header.startswith(_AUTH_PREFIX):
             return None
-        return self._keys.get(header[len(_AUTH_PREFIX):].strip())
+        return self._keys.get(header[len(_AUTH_PREFIX) :].strip())
 
-    def _process(self, request: web.Request, endpoint: str, spec: KeySpec | None, body: bytes,
-                 record: RecordedRequest) -> web.StreamResponse:
+    def _process(
+        self,
+        request: web.Request,
+        endpoint: str,
+        spec: KeySpec | None,
+        body: bytes,
+        record: RecordedRequest,
+    ) -> web.StreamResponse:
         if spec is None:
-            raise ApiError(401, "not_authenticated",
-                           "Missing or invalid private key.", parameter="Authorization")
+            raise ApiError(
+                401,
+                "not_authenticated",
+                "Missing or invalid private key.",
+                parameter="Authorization",
+            )
         needed = PROFILES_READ if endpoint == "profiles" else EVENTS_WRITE
         if needed not in spec.scopes:
-            raise ApiError(403, "permission_denied",
-                           f"Your API key is missing required scopes: {needed}.")
+            raise ApiError(
+                403, "permission_denied", f"Your API key is missing required scopes: {needed}."
+            )
         headers: dict[str, str] = {}
         if endpoint != "profiles":
             limits = self.limits(spec.account)
@@ -316,20 +349,27 @@ class KlaviyoMock:
             if not admission.admitted:
                 self._throttled += 1
                 n = admission.retry_after_s
-                error = ApiError(429, "throttled", f"Request was throttled. Expected available "
-                                 f"in {n} second{'s' if n != 1 else ''}.")
+                error = ApiError(
+                    429,
+                    "throttled",
+                    f"Request was throttled. Expected available "
+                    f"in {n} second{'s' if n != 1 else ''}.",
+                )
                 throttled = _error_response(error)
                 if limits.retry_after_header:
                     throttled.headers["Retry-After"] = str(n)
                 return throttled
-            headers = {"RateLimit-Limit": str(admission.limit),
-                       "RateLimit-Remaining": str(admission.remaining),
-                       "RateLimit-Reset": str(admission.reset_s)}
+            headers = {
+                "RateLimit-Limit": str(admission.limit),
+                "RateLimit-Remaining": str(admission.remaining),
+                "RateLimit-Reset": str(admission.reset_s),
+            }
         try:
             self._check_headers(request, has_body=endpoint != "profiles")
             if endpoint == "profiles":
                 response: web.StreamResponse = web.json_response(
-                    {"data": [], "links": {}}, content_type=JSON_API)
+                    {"data": [], "links": {}}, content_type=JSON_API
+                )
             else:
                 events = self._parse(endpoint, body)
                 self._record(spec.account, endpoint, events, record)
@@ -342,22 +382,31 @@ class KlaviyoMock:
     def _check_headers(self, request: web.Request, has_body: bool) -> None:
         revision = request.headers.get("revision")
         if revision is None:
-            raise ApiError(400, "invalid", "Missing required header 'revision'.",
-                           parameter="revision")
+            raise ApiError(
+                400, "invalid", "Missing required header 'revision'.", parameter="revision"
+            )
         if not _REVISION.fullmatch(revision.strip()):
-            raise ApiError(400, "invalid", f"Invalid revision '{revision}' "
-                           "(expected YYYY-MM-DD[.suffix]).", parameter="revision")
+            raise ApiError(
+                400,
+                "invalid",
+                f"Invalid revision '{revision}' (expected YYYY-MM-DD[.suffix]).",
+                parameter="revision",
+            )
         accept = request.headers.get("Accept")
         if accept is not None and not any(
-                part.split(";")[0].strip() in _ACCEPTABLE for part in accept.split(",")):
-            raise ApiError(406, "not_acceptable", f"Cannot answer with '{accept}'.",
-                           parameter="Accept")
+            part.split(";")[0].strip() in _ACCEPTABLE for part in accept.split(",")
+        ):
+            raise ApiError(
+                406, "not_acceptable", f"Cannot answer with '{accept}'.", parameter="Accept"
+            )
         if has_body:
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
             if content_type != JSON_API:
-                raise ApiError(415, "unsupported_media_type",
-                               f"Unsupported media type '{content_type}' in request; "
-                               f"expected '{JSON_API}'.")
+                raise ApiError(
+                    415,
+                    "unsupported_media_type",
+                    f"Unsupported media type '{content_type}' in request; expected '{JSON_API}'.",
+                )
 
     def _parse(self, endpoint: str, body: bytes) -> list[EventIn]:
         if len(body) > MAX_PAYLOAD_BYTES:
@@ -371,16 +420,20 @@ class KlaviyoMock:
             return [parse_event_create(document, now)]
         return parse_bulk_job(document, now)
 
-    def _record(self, account: str, endpoint: str, events: list[EventIn],
-                record: RecordedRequest) -> None:
+    def _record(
+        self, account: str, endpoint: str, events: list[EventIn], record: RecordedRequest
+    ) -> None:
         keep = self._config.record_events
         timeline = self._timeline.setdefault(account, [])
         received = self._received.setdefault(account, [])
         for event in events:
             self._received_counts[account] = self._received_counts.get(account, 0) + 1
             # Without unique_id Klaviyo falls back to the time to the second.
-            unique = event.unique_id if event.unique_id is not None else (
-                f"time:{event.time or int(record.received_at)}")
+            unique = (
+                event.unique_id
+                if event.unique_id is not None
+                else (f"time:{event.time or int(record.received_at)}")
+            )
             key = (account, event.identity, event.metric, unique)
             first = key not in self._seen
             if first:
@@ -389,11 +442,19 @@ class KlaviyoMock:
             if not keep:
                 continue
             recorded = RecordedEvent(
-                account=account, endpoint=endpoint, metric=event.metric, profile=event.profile,
-                profile_identity=event.identity, unique_id=event.unique_id, time=event.time,
-                properties=event.properties, value=event.value,
-                value_currency=event.value_currency, backfill=event.backfill,
-                request_seq=record.seq, received_at=record.received_at,
+                account=account,
+                endpoint=endpoint,
+                metric=event.metric,
+                profile=event.profile,
+                profile_identity=event.identity,
+                unique_id=event.unique_id,
+                time=event.time,
+                properties=event.properties,
+                value=event.value,
+                value_currency=event.value_currency,
+                backfill=event.backfill,
+                request_seq=record.seq,
+                received_at=record.received_at,
                 attributes=event.attributes,
             )
             received.append(recorded)

@@ -20,9 +20,9 @@ _CALL_TIMEOUT_S = 30.0
 class KlaviyoMockThread:
     """Runs a :class:`KlaviyoMock` on its own event loop thread; every method is thread-safe.
 
-        with KlaviyoMockThread(MockConfig(keys=(KeySpec("pk_..."),))) as mock:
-            run_forwarder(klaviyo_url=mock.base_url)
-            assert len(mock.timeline("acct")) == 1
+    with KlaviyoMockThread(MockConfig(keys=(KeySpec("pk_..."),))) as mock:
+        run_forwarder(klaviyo_url=mock.base_url)
+        assert len(mock.timeline("acct")) == 1
     """
 
     def __init__(self, config: MockConfig | None = None) -> None:
@@ -35,8 +35,9 @@ class KlaviyoMockThread:
     def start(self) -> None:
         """Starts the thread and the server; returns once it accepts connections."""
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="klaviyo-mock",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="klaviyo-mock", daemon=True
+        )
         self._thread.start()
         ready.result(timeout=_CALL_TIMEOUT_S)
 
@@ -93,8 +94,9 @@ class KlaviyoMockThread:
         """The mock's base URL."""
         return self.call(lambda m: m.base_url)
 
-    def add_key(self, key: str, account: str = "acct",
-                scopes: Iterable[str] = DEFAULT_SCOPES) -> None:
+    def add_key(
+        self, key: str, account: str = "acct", scopes: Iterable[str] = DEFAULT_SCOPES
+    ) -> None:
         """See :meth:`KlaviyoMock.add_key`."""
         scopes = frozenset(scopes)
         self.call(lambda m: m.add_key(key, account, scopes))
@@ -103,12 +105,20 @@ class KlaviyoMockThread:
         """See :meth:`KlaviyoMock.remove_key`."""
         self.call(lambda m: m.remove_key(key))
 
-    def set_limits(self, *, account: str | None = None, events: WindowLimit | None = None,
-                   bulk: WindowLimit | None = None,
-                   retry_after_header: bool | None = None) -> None:
+    def set_limits(
+        self,
+        *,
+        account: str | None = None,
+        events: WindowLimit | None = None,
+        bulk: WindowLimit | None = None,
+        retry_after_header: bool | None = None,
+    ) -> None:
         """See :meth:`KlaviyoMock.set_limits`."""
-        self.call(lambda m: m.set_limits(account=account, events=events, bulk=bulk,
-                                         retry_after_header=retry_after_header))
+        self.call(
+            lambda m: m.set_limits(
+                account=account, events=events, bulk=bulk, retry_after_header=retry_after_header
+            )
+        )
 
     def inject(self, fault: Fault) -> None:
         """See :meth:`KlaviyoMock.inject`."""

@@ -26,11 +26,23 @@ MIN_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
 IDENTIFIERS: Final = ("email", "phone_number", "external_id", "_kx", "anonymous_id")
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
-_EVENT_KEYS: Final = frozenset({"properties", "time", "value", "value_currency", "unique_id",
-                                "backfill", "metric", "profile"})
+_EVENT_KEYS: Final = frozenset(
+    {"properties", "time", "value", "value_currency", "unique_id", "backfill", "metric", "profile"}
+)
 _BULK_EVENT_KEYS: Final = _EVENT_KEYS - {"profile"}
-_PROFILE_KEYS: Final = frozenset({*IDENTIFIERS, "first_name", "last_name", "organization",
-                                  "locale", "title", "image", "location", "properties"})
+_PROFILE_KEYS: Final = frozenset(
+    {
+        *IDENTIFIERS,
+        "first_name",
+        "last_name",
+        "organization",
+        "locale",
+        "title",
+        "image",
+        "location",
+        "properties",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +85,7 @@ def parse_bulk_job(body: Any, now: datetime) -> list[EventIn]:
     data = _object(_object(body, "").get("data"), "/data")
     _type(data, "event-bulk-create-job", "/data")
     attributes = _object(data.get("attributes"), "/data/attributes")
-    container = _object(attributes.get("events-bulk-create"),
-                        "/data/attributes/events-bulk-create")
+    container = _object(attributes.get("events-bulk-create"), "/data/attributes/events-bulk-create")
     groups = container.get("data")
     pointer = "/data/attributes/events-bulk-create/data"
     if not isinstance(groups, list):
@@ -89,20 +100,28 @@ def parse_bulk_job(body: Any, now: datetime) -> list[EventIn]:
         _type(group, "event-bulk-create", where)
         group_attributes = _object(group.get("attributes"), f"{where}/attributes")
         group_backfill = _optional_bool(group_attributes, "backfill", f"{where}/attributes")
-        profile_data = _resource(group_attributes.get("profile"), "profile",
-                                 f"{where}/attributes/profile")
+        profile_data = _resource(
+            group_attributes.get("profile"), "profile", f"{where}/attributes/profile"
+        )
         profile = _profile(profile_data, f"{where}/attributes/profile/data/attributes")
         entries = _object(group_attributes.get("events"), f"{where}/attributes/events").get("data")
         if not isinstance(entries, list) or not entries:
-            raise invalid("Expected a non-empty array of events.",
-                          f"{where}/attributes/events/data")
+            raise invalid(
+                "Expected a non-empty array of events.", f"{where}/attributes/events/data"
+            )
         for e, entry in enumerate(entries):
             entry_where = f"{where}/attributes/events/data/{e}"
             entry = _object(entry, entry_where)
             _type(entry, "event", entry_where)
             entry_attributes = _object(entry.get("attributes"), f"{entry_where}/attributes")
-            event = _event(entry_attributes, profile, group_backfill, now,
-                           f"{entry_where}/attributes", _BULK_EVENT_KEYS)
+            event = _event(
+                entry_attributes,
+                profile,
+                group_backfill,
+                now,
+                f"{entry_where}/attributes",
+                _BULK_EVENT_KEYS,
+            )
             if len(events) >= MAX_BULK_EVENTS:
                 raise invalid(f"A job may contain at most {MAX_BULK_EVENTS} events.", pointer)
             if event.unique_id is not None:
@@ -111,24 +130,34 @@ def parse_bulk_job(body: Any, now: datetime) -> list[EventIn]:
                     raise invalid(
                         f"Duplicate unique_id '{event.unique_id}' for the same profile and "
                         "metric in one job; no events were processed.",
-                        f"{entry_where}/attributes/unique_id")
+                        f"{entry_where}/attributes/unique_id",
+                    )
                 seen.add(key)
             events.append(event)
     return events
 
 
-def _event(attributes: dict[str, Any], profile: dict[str, Any], group_backfill: bool | None,
-           now: datetime, where: str, allowed: frozenset[str]) -> EventIn:
+def _event(
+    attributes: dict[str, Any],
+    profile: dict[str, Any],
+    group_backfill: bool | None,
+    now: datetime,
+    where: str,
+    allowed: frozenset[str],
+) -> EventIn:
     unknown = sorted(set(attributes) - allowed)
     if unknown:
-        raise invalid(f"'{unknown[0]}' is not a valid field for the resource 'event'.",
-                      f"{where}/{unknown[0]}")
+        raise invalid(
+            f"'{unknown[0]}' is not a valid field for the resource 'event'.",
+            f"{where}/{unknown[0]}",
+        )
     if "properties" not in attributes:
         raise invalid("'properties' is a required field.", f"{where}/properties")
     properties = _object(attributes["properties"], f"{where}/properties")
     if len(properties) > MAX_PROPERTIES:
-        raise invalid(f"An event may have at most {MAX_PROPERTIES} properties.",
-                      f"{where}/properties")
+        raise invalid(
+            f"An event may have at most {MAX_PROPERTIES} properties.", f"{where}/properties"
+        )
     _check_value(properties, f"{where}/properties", 1)
     metric = _resource(attributes.get("metric"), "metric", f"{where}/metric")
     metric_attributes = metric["attributes"]
@@ -145,10 +174,12 @@ def _event(attributes: dict[str, Any], profile: dict[str, Any], group_backfill: 
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise invalid("'value' must be a number.", f"{where}/value")
     currency = attributes.get("value_currency")
-    if currency is not None and (not isinstance(currency, str)
-                                 or not _CURRENCY.fullmatch(currency)):
-        raise invalid("'value_currency' must be an ISO 4217 currency code.",
-                      f"{where}/value_currency")
+    if currency is not None and (
+        not isinstance(currency, str) or not _CURRENCY.fullmatch(currency)
+    ):
+        raise invalid(
+            "'value_currency' must be an ISO 4217 currency code.", f"{where}/value_currency"
+        )
     unique_id = attributes.get("unique_id")
     if unique_id is not None and not isinstance(unique_id, str):
         raise invalid("'unique_id' must be a string.", f"{where}/unique_id")
@@ -158,9 +189,16 @@ def _event(attributes: dict[str, Any], profile: dict[str, Any], group_backfill: 
     if backfill is None:
         backfill = group_backfill
     return EventIn(
-        metric=name, profile=profile, identity=profile_identity(profile), unique_id=unique_id,
-        time=time, properties=properties, value=None if value is None else float(value),
-        value_currency=currency, backfill=bool(backfill), attributes=attributes,
+        metric=name,
+        profile=profile,
+        identity=profile_identity(profile),
+        unique_id=unique_id,
+        time=time,
+        properties=properties,
+        value=None if value is None else float(value),
+        value_currency=currency,
+        backfill=bool(backfill),
+        attributes=attributes,
     )
 
 
@@ -168,8 +206,10 @@ def _profile(resource: dict[str, Any], where: str) -> dict[str, Any]:
     attributes: dict[str, Any] = resource["attributes"]
     unknown = sorted(set(attributes) - _PROFILE_KEYS)
     if unknown:
-        raise invalid(f"'{unknown[0]}' is not a valid field for the resource 'profile'.",
-                      f"{where}/{unknown[0]}")
+        raise invalid(
+            f"'{unknown[0]}' is not a valid field for the resource 'profile'.",
+            f"{where}/{unknown[0]}",
+        )
     for name in IDENTIFIERS:
         value = attributes.get(name)
         if value is not None and not isinstance(value, str):
@@ -177,8 +217,11 @@ def _profile(resource: dict[str, Any], where: str) -> dict[str, Any]:
         if isinstance(value, str):
             _check_string(value, f"{where}/{name}")
     if not profile_identity(attributes):
-        raise invalid("A profile identifier (email, phone_number, external_id, _kx or "
-                      "anonymous_id) is required.", where)
+        raise invalid(
+            "A profile identifier (email, phone_number, external_id, _kx or "
+            "anonymous_id) is required.",
+            where,
+        )
     email = attributes.get("email")
     if email and "@" not in email:
         raise invalid(f"Invalid email address: '{email}'.", f"{where}/email")

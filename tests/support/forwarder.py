@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 import pytest
-
 from elido.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
+
 from tests.support.openbao import VaultFixture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,15 +33,29 @@ REPO = Path(__file__).resolve().parents[2]
 class ForwarderProcess:
     """One forwarder server process and the files it owns."""
 
-    def __init__(self, data_dir: Path, vault_addr: str, vault_token: str,
-                 klaviyo_url: str = "http://127.0.0.1:9", env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        vault_addr: str,
+        vault_token: str,
+        klaviyo_url: str = "http://127.0.0.1:9",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.admin_token = secrets.token_urlsafe(24)
         self.ingest_token = secrets.token_urlsafe(24)
         tokens = [
-            {"name": "test-admin", "role": "admin", "sha256": hashlib.sha256(self.admin_token.encode()).hexdigest()},
-            {"name": "test-ingest", "role": "ingest", "sha256": hashlib.sha256(self.ingest_token.encode()).hexdigest()},
+            {
+                "name": "test-admin",
+                "role": "admin",
+                "sha256": hashlib.sha256(self.admin_token.encode()).hexdigest(),
+            },
+            {
+                "name": "test-ingest",
+                "role": "ingest",
+                "sha256": hashlib.sha256(self.ingest_token.encode()).hexdigest(),
+            },
         ]
         (data_dir / "tokens.json").write_text(json.dumps({"tokens": tokens}))
         self.db_path = data_dir / "forwarder.db"
@@ -85,7 +99,9 @@ class ForwarderProcess:
         deadline = time.monotonic() + timeout_s
         while not self.port_file.exists() or not self.port_file.read_text().strip():
             if self.process.poll() is not None:
-                raise RuntimeError(f"forwarder exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
+                raise RuntimeError(
+                    f"forwarder exited with {self.process.returncode}:\n{self.logs()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"forwarder did not start:\n{self.logs()[-3000:]}")
@@ -103,7 +119,9 @@ class ForwarderProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise RuntimeError(f"forwarder did not drain within {timeout_s}s of SIGTERM:\n{self.logs()[-3000:]}") from None
+            raise RuntimeError(
+                f"forwarder did not drain within {timeout_s}s of SIGTERM:\n{self.logs()[-3000:]}"
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL: no drain, no cleanup — what a crash looks like."""
@@ -144,11 +162,16 @@ def forwarder_factory(tmp_path: Path, openbao: VaultFixture) -> Iterator[Any]:
     """Builds started forwarders (stopped at teardown): ``forwarder_factory(klaviyo_url=...)``."""
     made: list[ForwarderProcess] = []
 
-    def make(klaviyo_url: str = "http://127.0.0.1:9", env: Mapping[str, str] | None = None,
-             vault: VaultFixture | None = None, name: str = "forwarder") -> ForwarderProcess:
+    def make(
+        klaviyo_url: str = "http://127.0.0.1:9",
+        env: Mapping[str, str] | None = None,
+        vault: VaultFixture | None = None,
+        name: str = "forwarder",
+    ) -> ForwarderProcess:
         v = vault or openbao
-        process = ForwarderProcess(tmp_path / f"{name}-{len(made)}", v.addr, v.forwarder_token,
-                                   klaviyo_url, env)
+        process = ForwarderProcess(
+            tmp_path / f"{name}-{len(made)}", v.addr, v.forwarder_token, klaviyo_url, env
+        )
         process.start()
         made.append(process)
         return process

@@ -54,7 +54,8 @@ def klaviyo_mock_thread_server() -> Iterator[KlaviyoMockThread]:
 
 @pytest.fixture
 def klaviyo_mock_thread(
-        klaviyo_mock_thread_server: KlaviyoMockThread) -> Iterator[KlaviyoMockThread]:
+    klaviyo_mock_thread_server: KlaviyoMockThread,
+) -> Iterator[KlaviyoMockThread]:
     """The session's threaded mock, reset, with ``TEST_KEY`` valid for ``TEST_ACCOUNT``."""
     klaviyo_mock_thread_server.reset()
     klaviyo_mock_thread_server.add_key(TEST_KEY, TEST_ACCOUNT)

@@ -51,7 +51,8 @@ def _load(path: Path) -> Mapping[str, Any]:
         raise SpecMissingError(
             f"Klaviyo's OpenAPI spec was not found at {path}. Payload validation needs it: "
             f"put the shared/ folder beside the repository (shared/klaviyo/stable.json) or "
-            f"set {SPEC_ENV} to the file's path.")
+            f"set {SPEC_ENV} to the file's path."
+        )
     spec: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     if not str(spec.get("openapi", "")).startswith("3.0"):
         raise SpecMissingError(f"{path} is not an OpenAPI 3.0 document.")
@@ -72,8 +73,12 @@ def validate_schema(schema_name: str, body: Any) -> None:
     except SpecMissingError as exc:
         pytest.fail(str(exc), pytrace=False)
     if errors:
-        pytest.fail(f"body is not a valid {schema_name}:\n  " + "\n  ".join(errors)
-                    + f"\nbody: {json.dumps(body)[:2000]}", pytrace=False)
+        pytest.fail(
+            f"body is not a valid {schema_name}:\n  "
+            + "\n  ".join(errors)
+            + f"\nbody: {json.dumps(body)[:2000]}",
+            pytrace=False,
+        )
 
 
 def validate_event_create(body: Any) -> None:
