@@ -214,3 +214,50 @@ def test_one_workspaces_bad_key_and_throttling_do_not_delay_another(
         latencies.append(time.monotonic() - started)
     assert max(latencies) < 2.0, f"workspace B waited {max(latencies):.2f}s behind A: {latencies}"
     assert len(klaviyo_mock_thread.timeline("acct-a")) < 2000  # A really is throttled meanwhile
+
+
+def test_stale_clicks_are_sent_as_backfill_per_the_integrations_policy(
+    forwarder_factory,  # type: ignore[no-untyped-def]
+    klaviyo_mock_thread: KlaviyoMockThread,
+) -> None:
+    from google.protobuf import duration_pb2
+
+    fwd: ForwarderProcess = forwarder_factory(klaviyo_url=klaviyo_mock_thread.base_url)
+    key, ws = new_key(), new_workspace_id()
+    klaviyo_mock_thread.add_key(key, "acct-backfill")
+    register(fwd, ws, key, backfill_after=duration_pb2.Duration(seconds=3600))
+    forward(
+        fwd,
+        [
+            make_click(ws, "fresh", email="a@example.com", age_s=60),
+            make_click(ws, "stale", email="a@example.com", age_s=2 * 3600),
+        ],
+    )
+    wait_for(lambda: len(klaviyo_mock_thread.timeline("acct-backfill")) == 2, what="both clicks")
+    backfill = {e.unique_id: e.backfill for e in klaviyo_mock_thread.timeline("acct-backfill")}
+    assert backfill == {"fresh": False, "stale": True}
+
+
+def test_list_integrations_pages_through_every_workspace(forwarder_factory) -> None:  # type: ignore[no-untyped-def]
+    fwd: ForwarderProcess = forwarder_factory()
+    workspaces = sorted(new_workspace_id("page") for _ in range(7))
+    for ws in workspaces:
+        register(fwd, ws, new_key())
+    seen, token, pages = [], "", 0
+    while True:
+        page = fwd.stub().ListIntegrations(
+            pb.ListIntegrationsRequest(page_size=3, page_token=token), metadata=fwd.admin()
+        )
+        seen += [i.workspace_id for i in page.integrations]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == workspaces
+    assert pages == 3
+    bad = rpc_code(
+        lambda: fwd.stub().ListIntegrations(
+            pb.ListIntegrationsRequest(page_size=5000), metadata=fwd.admin()
+        )
+    )
+    assert bad == grpc.StatusCode.INVALID_ARGUMENT
