@@ -116,6 +116,7 @@ def load_config(env: Mapping[str, str]) -> ForwarderConfig:
         path=_path(env, "FORWARDER_DB_PATH") or data_dir / "forwarder.db",
         synchronous=synchronous,
         attribution_window_s=_number(env, "FORWARDER_ATTRIBUTION_WINDOW_S", 90 * 86400.0),
+        busy_timeout_ms=_int(env, "FORWARDER_DB_BUSY_TIMEOUT_MS", 5000),
     )
     klaviyo = KlaviyoConfig(
         base_url=env.get("KLAVIYO_BASE_URL", "https://a.klaviyo.com"),

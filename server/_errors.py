@@ -111,6 +111,16 @@ def not_found(workspace_id: str) -> ApiError:
     )
 
 
+def store_unavailable(retry_after_s: float = 1.0) -> ApiError:
+    """``UNAVAILABLE`` with ``RetryInfo`` when the store could not commit; nothing changed."""
+    return ApiError(
+        grpc.StatusCode.UNAVAILABLE,
+        "the store could not commit; nothing was taken, retry",
+        Reason.STORE_UNAVAILABLE,
+        retry_after_s=retry_after_s,
+    )
+
+
 def vault_unavailable(retry_after_s: float = 5.0) -> ApiError:
     """``UNAVAILABLE`` with ``RetryInfo`` while Vault cannot be reached."""
     return ApiError(

@@ -20,6 +20,7 @@ from server._errors import (
     abort,
     invalid_argument,
     not_found,
+    store_unavailable,
     vault_unavailable,
 )
 from server._metrics import INTAKE
@@ -32,7 +33,7 @@ from server.api._convert import (
     integration_message,
 )
 from server.intake._validation import validate_click, validate_conversion
-from server.store import Store
+from server.store import Store, StoreError
 from server.store._records import ClickOutcome, ConversionOutcome, NewClick
 from server.vault import KeyDestroyed, KeyVault, VaultDenied, VaultUnavailable
 
@@ -83,6 +84,9 @@ def _handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             await abort(context, error)
         except VaultUnavailable:
             await abort(context, vault_unavailable())
+        except StoreError as exc:
+            _log.error("store unavailable", error=str(exc))
+            await abort(context, store_unavailable())
         except VaultDenied:
             await abort(
                 context,
@@ -309,7 +313,13 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             while (item := await pending.get()) is not None:
                 if isinstance(item, ApiError):
                     await abort(context, item)
-                yield await self._finish_batch(item)
+                try:
+                    response = await self._finish_batch(item)
+                except StoreError as exc:
+                    # Not acked: the sender keeps the batch and resends it (ids are idempotent).
+                    _log.error("store unavailable", error=str(exc))
+                    await abort(context, store_unavailable())
+                yield response
         finally:
             reader.cancel()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import socket
 import time
@@ -70,7 +71,7 @@ class DeliveryEngine:
         self._clock = clock
         self._wake = asyncio.Event()
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self._limiters: dict[str, AccountRateLimiter] = {}
+        self._limiters: dict[bytes, AccountRateLimiter] = {}
         self._scheduler: asyncio.Task[None] | None = None
 
     def notify(self, workspace_ids: set[str]) -> None:
@@ -137,9 +138,7 @@ class DeliveryEngine:
                 except KeyDestroyed:
                     await self._store.reject_key(workspace_id, record.ciphertext, _KEY_GONE, now)
                     return
-                limiter = self._limiters.setdefault(
-                    workspace_id, AccountRateLimiter(config.rate_limits)
-                )
+                limiter = self._limiter(key)
                 try:
                     if len(events) <= config.single_threshold:
                         await self._send_singles(record, key, limiter, events)
@@ -158,6 +157,16 @@ class DeliveryEngine:
                 await asyncio.shield(self._store.release_lease(workspace_id, self._owner))
             # Events may have arrived while this task was finishing: look again now.
             self._wake.set()
+
+    def _limiter(self, key: PrivateKey) -> AccountRateLimiter:
+        # Klaviyo limits per account, and an account can't be identified with write-only
+        # scopes; the key is the closest thing we see. Workspaces sharing a key share a
+        # limiter. Keyed by a digest so no raw key sits in a long-lived structure.
+        digest = hashlib.sha256(key.reveal().encode()).digest()
+        limiter = self._limiters.get(digest)
+        if limiter is None:
+            limiter = self._limiters[digest] = AccountRateLimiter(self._config.rate_limits)
+        return limiter
 
     # -- sending -------------------------------------------------------------------------
     async def _send_singles(

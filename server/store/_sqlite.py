@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 
+from server.store._exceptions import StoreError
 from server.store._records import (
     ClickOutcome,
     ConversionOutcome,
@@ -143,7 +144,7 @@ class SqliteStore:
                 _log.exception("store thread error")
                 for op in batch:
                     if not op.future.done():
-                        op.future.set_exception(RuntimeError("store error"))
+                        op.future.set_exception(StoreError("store error"))
 
     def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         # A caller that gave up (its task was cancelled) does not get its op run; every op
@@ -158,7 +159,11 @@ class SqliteStore:
                 conn.execute("SAVEPOINT op")
                 try:
                     value = op.fn(conn)
-                except Exception as exc:
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((op, None, StoreError(str(exc))))
+                except Exception as exc:  # a bug in the op: its caller sees it as it is
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append((op, None, exc))
@@ -170,7 +175,8 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             _log.error("store transaction failed", error=str(exc))
-            results = [(op, None, exc) for op in batch]
+            failure = StoreError(f"transaction failed: {exc}")
+            results = [(op, None, failure) for op in batch]
         # Only now, after COMMIT returned, may any caller ack.
         for op, value, error in results:
             if error is None:
@@ -180,7 +186,7 @@ class SqliteStore:
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T], group: bool = False) -> T:
         if self._thread is None:
-            raise RuntimeError("store is not open")
+            raise StoreError("store is not open")
         future: Future[T] = Future()
         self._ops.put(_Op(fn, future, group))
         return await asyncio.wrap_future(future)

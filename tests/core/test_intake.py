@@ -265,10 +265,12 @@ def test_conversion_resolves_profile_from_click_and_is_idempotent(
         conversion_id="order-1", workspace_id=ws, click_id="cl-1", value=42.5, currency="EUR"
     )
     conv.properties.update({"order_id": "1001", "items": ["a", "b"]})
+
     def send(c):
         return stub.ForwardConversion(
             pb.ForwardConversionRequest(conversion=c), metadata=forwarder.ingest()
         )
+
     assert send(conv).disposition == pb.CONVERSION_DISPOSITION_QUEUED
     assert send(conv).disposition == pb.CONVERSION_DISPOSITION_DUPLICATE
     unknown = pb.Conversion(conversion_id="order-2", workspace_id=ws, click_id="never-seen")
@@ -281,3 +283,32 @@ def test_conversion_resolves_profile_from_click_and_is_idempotent(
     with pytest.raises(grpc.RpcError) as caught:
         send(pb.Conversion(conversion_id="order-3", workspace_id=ws, click_id="cl-1", value=5))
     assert ("conversion.currency", "required when value is nonzero") in details(caught.value)[1]
+
+
+def test_store_locked_answers_unavailable_with_retry_info_and_takes_nothing(
+    forwarder_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    fwd: ForwarderProcess = forwarder_factory(env={"FORWARDER_DB_BUSY_TIMEOUT_MS": "200"})
+    ws = new_workspace_id()
+    register(fwd, ws)
+    blocker = sqlite3.connect(fwd.db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+    try:
+        request = pb.ForwardClickRequest(click=click(ws, "locked-1"))
+        with pytest.raises(grpc.RpcError) as caught:
+            fwd.stub().ForwardClick(request, metadata=fwd.ingest())
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert details(caught.value)[0] == "STORE_UNAVAILABLE"
+        status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+        assert status is not None
+        assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+        batch = pb.StreamClicksRequest(batch_id=1, clicks=[click(ws, "locked-2")])
+        with pytest.raises(grpc.RpcError) as streamed:
+            list(fwd.stub().StreamClicks(iter([batch]), metadata=fwd.ingest()))
+        assert details(streamed.value)[0] == "STORE_UNAVAILABLE"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    # The retry the error asked for succeeds, and counts the click once.
+    retried = fwd.stub().ForwardClick(request, metadata=fwd.ingest())
+    assert retried.disposition == pb.CLICK_DISPOSITION_QUEUED

@@ -120,7 +120,7 @@ def test_remove_shreds_the_transit_key_and_drops_events(
     )
     assert removed.dropped_event_count == 4
     # ...after it, not even the root token can: the key is gone (crypto-shredding).
-    with pytest.raises(hvac.exceptions.VaultError, match="(?i)not found|encryption key"):
+    with pytest.raises(hvac.exceptions.VaultError, match=r"(?i)not found|encryption key"):
         root.secrets.transit.decrypt_data(name=f"elido-ws-{ws}", ciphertext=ciphertext)
     with sqlite3.connect(fwd.db_path) as db:
         assert (
