@@ -61,6 +61,11 @@ class SqliteConfig:
     busy_timeout_ms: int = 5000
 
 
+_INSERT_OUTBOX: Final = """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at,
+    created_at, email, phone_number, external_id, kx, payload, value, currency, next_attempt_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+
 class _Op:
     __slots__ = ("fn", "future", "group")
 
@@ -425,44 +430,46 @@ class SqliteStore:
                             (workspace_id, *chunk),
                         )
                     )
+                click_kind = EventKind.CLICK.value
                 for i in positions:
                     click = clicks[i]
-                    if click.click_id in seen:
+                    click_id = click.click_id
+                    if click_id in seen:
                         outcomes[i] = ClickOutcome.DUPLICATE
                         continue
-                    seen.add(click.click_id)
-                    ids_json = _dumps(click.identifiers.to_dict())
-                    index_rows.append(
-                        (workspace_id, click.click_id, ids_json, click.click_time, expires)
+                    seen.add(click_id)
+                    who = click.identifiers
+                    email, phone, external, kx = (
+                        who.email,
+                        who.phone_number,
+                        who.external_id,
+                        who.kx,
                     )
-                    if click.identifiers.any():
+                    index_rows.append(
+                        (
+                            workspace_id,
+                            click_id,
+                            email,
+                            phone,
+                            external,
+                            kx,
+                            click.click_time,
+                            expires,
+                        )
+                    )
+                    if email or phone or external or kx:
                         outcomes[i] = ClickOutcome.QUEUED
                         outbox_rows.append(
-                            (
-                                workspace_id,
-                                EventKind.CLICK.value,
-                                click.click_id,
-                                click.click_time,
-                                now,
-                                ids_json,
-                                click.payload,
-                                None,
-                                "",
-                                now,
-                            )
-                        )
+                            (workspace_id, click_kind, click_id, click.click_time, now,
+                             email, phone, external, kx, click.payload, None, "", now)
+                        )  # fmt: skip
                     else:
                         outcomes[i] = ClickOutcome.ANONYMOUS
                         anonymous[workspace_id] += 1
             if index_rows:
-                conn.executemany("INSERT INTO clicks VALUES (?, ?, ?, ?, ?)", index_rows)
+                conn.executemany("INSERT INTO clicks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", index_rows)
             if outbox_rows:
-                conn.executemany(
-                    """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at, created_at,
-                           identifiers, payload, value, currency, next_attempt_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    outbox_rows,
-                )
+                conn.executemany(_INSERT_OUTBOX, outbox_rows)
             if anonymous:
                 conn.executemany(
                     "UPDATE integrations SET anonymous_count = anonymous_count + ? WHERE workspace_id = ?",
@@ -487,34 +494,26 @@ class SqliteStore:
             identifiers = conversion.identifiers
             if conversion.click_id:
                 row = conn.execute(
-                    "SELECT identifiers FROM clicks WHERE workspace_id = ? AND click_id = ?",
+                    """SELECT email, phone_number, external_id, kx FROM clicks
+                       WHERE workspace_id = ? AND click_id = ?""",
                     (ws, conversion.click_id),
                 ).fetchone()
                 if row is not None:
                     # The recorded click identifies the person who clicked: it wins.
-                    identifiers = Identifiers.from_dict(json.loads(row[0])).merged_over(identifiers)
+                    identifiers = Identifiers(*row).merged_over(identifiers)
             conn.execute(
                 "INSERT INTO conversions VALUES (?, ?, ?)", (ws, conversion.conversion_id, expires)
             )
             if not identifiers.any():
                 return ConversionOutcome.UNATTRIBUTED
             conn.execute(
-                """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at, created_at,
-                       identifiers, payload, value, currency, next_attempt_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    ws,
-                    EventKind.CONVERSION.value,
-                    conversion.conversion_id,
-                    conversion.conversion_time,
-                    now,
-                    _dumps(identifiers.to_dict()),
-                    _dumps(dict(conversion.properties)).encode(),
-                    conversion.value,
-                    conversion.currency,
-                    now,
-                ),
-            )
+                _INSERT_OUTBOX,
+                (ws, EventKind.CONVERSION.value, conversion.conversion_id,
+                 conversion.conversion_time, now, identifiers.email, identifiers.phone_number,
+                 identifiers.external_id, identifiers.kx,
+                 _dumps(dict(conversion.properties)).encode(), conversion.value,
+                 conversion.currency, now),
+            )  # fmt: skip
             return ConversionOutcome.QUEUED
 
         return await self._call(op, group=True)
@@ -560,8 +559,8 @@ class SqliteStore:
 
         def op(conn: sqlite3.Connection) -> list[OutboxEvent]:
             rows = conn.execute(
-                """SELECT event_id, kind, source_id, occurred_at, created_at, identifiers, payload,
-                          value, currency, attempts
+                """SELECT event_id, kind, source_id, occurred_at, created_at, payload,
+                          value, currency, attempts, email, phone_number, external_id, kx
                    FROM outbox WHERE workspace_id = ? AND status = ? AND next_attempt_at <= ?
                    ORDER BY next_attempt_at, event_id LIMIT ?""",
                 (workspace_id, QUEUED, now, limit),
@@ -574,11 +573,11 @@ class SqliteStore:
                     source_id=r[2],
                     occurred_at=r[3],
                     created_at=r[4],
-                    identifiers=Identifiers.from_dict(json.loads(r[5])),
-                    properties=self._decode(kind, r[6], settings),
-                    value=r[7],
-                    currency=r[8],
-                    attempts=r[9],
+                    identifiers=Identifiers(r[9], r[10], r[11], r[12]),
+                    properties=self._decode(kind, r[5], settings),
+                    value=r[6],
+                    currency=r[7],
+                    attempts=r[8],
                 )
                 for r in rows
             ]

@@ -89,10 +89,8 @@ def test_identifiers_are_read_from_the_destination_url(forwarder: ForwarderProce
         == pb.CLICK_DISPOSITION_QUEUED
     )
     with sqlite3.connect(forwarder.db_path) as db:
-        (identifiers,) = db.execute(
-            "SELECT identifiers FROM outbox WHERE source_id='u1'"
-        ).fetchone()
-    assert '"jane+news@example.com"' in identifiers  # the + decoded as a space is repaired
+        (email,) = db.execute("SELECT email FROM outbox WHERE source_id='u1'").fetchone()
+    assert email == "jane+news@example.com"  # the + decoded as a space is repaired
 
 
 BAD_CLICKS = [
@@ -277,9 +275,9 @@ def test_conversion_resolves_profile_from_click_and_is_idempotent(
     assert send(unknown).disposition == pb.CONVERSION_DISPOSITION_UNATTRIBUTED
     with sqlite3.connect(forwarder.db_path) as db:
         row = db.execute(
-            "SELECT identifiers, value, currency FROM outbox WHERE source_id='order-1'"
+            "SELECT email, value, currency FROM outbox WHERE source_id='order-1'"
         ).fetchone()
-    assert row == ('{"email":"buyer@example.com"}', 42.5, "EUR")
+    assert row == ("buyer@example.com", 42.5, "EUR")
     with pytest.raises(grpc.RpcError) as caught:
         send(pb.Conversion(conversion_id="order-3", workspace_id=ws, click_id="cl-1", value=5))
     assert ("conversion.currency", "required when value is nonzero") in details(caught.value)[1]

@@ -25,7 +25,12 @@ CREATE TABLE outbox (
     source_id       TEXT NOT NULL,
     occurred_at     REAL NOT NULL,
     created_at      REAL NOT NULL,
-    identifiers     TEXT NOT NULL,
+    -- The profile: Klaviyo identifiers, '' when absent (columns, not JSON: intake writes
+    -- tens of thousands of rows a second and encoding costs more than the insert).
+    email           TEXT NOT NULL,
+    phone_number    TEXT NOT NULL,
+    external_id     TEXT NOT NULL,
+    kx              TEXT NOT NULL,
     -- clicks: the serialized Click; conversions: their properties as JSON.
     payload         BLOB NOT NULL,
     value           REAL,
@@ -43,7 +48,10 @@ CREATE INDEX outbox_due ON outbox (workspace_id, status, next_attempt_at, event_
 CREATE TABLE clicks (
     workspace_id TEXT NOT NULL,
     click_id     TEXT NOT NULL,
-    identifiers  TEXT NOT NULL,
+    email        TEXT NOT NULL,
+    phone_number TEXT NOT NULL,
+    external_id  TEXT NOT NULL,
+    kx           TEXT NOT NULL,
     click_time   REAL NOT NULL,
     expires_at   REAL NOT NULL,
     PRIMARY KEY (workspace_id, click_id)
