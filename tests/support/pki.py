@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+_NEW_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+
 
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
@@ -14,59 +16,18 @@ def _openssl(*args: str) -> None:
 
 def make_pki(d: Path) -> Path:
     """Write ``ca.pem``, ``server.{pem,key}`` and ``client.{pem,key}`` (EC P-256) into ``d``."""
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        str(d / "ca.key"),
-        "-out",
-        str(d / "ca.pem"),
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-    )
-    for name, extra in (
+    ca, ca_key = str(d / "ca.pem"), str(d / "ca.key")
+    _openssl("req", "-x509", *_NEW_EC_KEY, "-keyout", ca_key, "-out", ca, "-days", "1",
+             "-subj", "/CN=test-ca")  # fmt: skip
+    for name, extension in (
         ("server", "subjectAltName=DNS:localhost"),
         ("client", "extendedKeyUsage=clientAuth"),
     ):
-        _openssl(
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(d / f"{name}.key"),
-            "-out",
-            str(d / f"{name}.csr"),
-            "-subj",
-            f"/CN={name}",
-        )
-        (d / f"{name}.ext").write_text(extra + "\n")
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(d / f"{name}.csr"),
-            "-CA",
-            str(d / "ca.pem"),
-            "-CAkey",
-            str(d / "ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            str(d / f"{name}.ext"),
-            "-out",
-            str(d / f"{name}.pem"),
-        )
+        key, csr, ext = (str(d / f"{name}.{suffix}") for suffix in ("key", "csr", "ext"))
+        _openssl("req", *_NEW_EC_KEY, "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+        Path(ext).write_text(extension + "\n")
+        _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                 "-days", "1", "-extfile", ext, "-out", str(d / f"{name}.pem"))  # fmt: skip
     return d
 
 
