@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -74,9 +75,15 @@ class _Batch:
         self.commit = commit
 
 
+_INTERNAL: Final = ApiError(
+    grpc.StatusCode.INTERNAL, "internal error; see the server log", Reason.INTERNAL
+)
+
+
 def _handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn :class:`ApiError` (and vault failures) into rich statuses for unary RPCs."""
 
+    @functools.wraps(fn)
     async def wrapper(self: ForwarderService, request: Any, context: Context) -> Any:
         try:
             return await fn(self, request, context)
@@ -96,9 +103,12 @@ def _handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                     Reason.VAULT_DENIED,
                 ),
             )
+        except Exception:
+            # A bug. grpc would answer UNKNOWN with the exception's text; callers get a fixed
+            # message instead (exception text is not vetted for secrets), the log the details.
+            _log.exception("unexpected error")
+            await abort(context, _INTERNAL)
 
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
     return wrapper
 
 
@@ -305,6 +315,11 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
                     await pending.put(batch)
             except ApiError as error:
                 await pending.put(error)
+                return
+            except Exception:
+                # Never leave the writer waiting on a reader that died (see _handles_errors).
+                _log.exception("unexpected error reading the stream")
+                await pending.put(_INTERNAL)
                 return
             await pending.put(None)
 
