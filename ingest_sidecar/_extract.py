@@ -1,0 +1,345 @@
+"""Turns a click record from the edge proxy into a ``Click`` message.
+
+The record is a JSON object (posted over HTTP, or one line of an access log mapped through
+``tail.fields``). The click id, the recipient's identifiers and every ``utm_*`` parameter are
+read from the record and from the destination URL's query string. The sidecar applies the
+server's validation rules itself, so that a click the server would reject is skipped here with
+a precise reason instead of travelling.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from elido.forwarder.v1 import forwarder_pb2
+
+from ._config import ExtractConfig
+from ._ids import UlidGenerator, derived_ulid
+
+CLICK_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+WORKSPACE_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# A pragmatic address syntax: dot-atom local part, at least two domain labels.
+EMAIL_RE: Final = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}"
+)
+E164_RE: Final = re.compile(r"\+[1-9][0-9]{1,14}")
+KX_RE: Final = re.compile(r"[A-Za-z0-9_.=+/-]{1,512}")
+MAX_URL_BYTES: Final = 8 * 1024
+MAX_USER_AGENT_BYTES: Final = 1024
+MAX_REFERRER_BYTES: Final = 2 * 1024
+MAX_EXTERNAL_ID_CHARS: Final = 255
+MIN_TIME: Final = datetime.fromisoformat("2000-01-01T00:00:00+00:00").timestamp()
+ONE_YEAR_S: Final = 366 * 24 * 3600.0
+
+# Logical record fields (what `tail.fields` maps onto log fields).
+RECORD_FIELDS: Final = (
+    "click_id",
+    "workspace_id",
+    "link_id",
+    "short_url",
+    "destination_url",
+    "click_time",
+    "user_agent",
+    "referrer",
+    "email",
+    "phone_number",
+    "external_id",
+    "kx",
+    "utm_parameters",
+)
+
+
+class Skip(Exception):
+    """The record cannot become a click; ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Extracted:
+    """A click ready for the spool, and what was noticed on the way."""
+
+    click: forwarder_pb2.Click
+    # Kinds of identifiers found but invalid (e.g. "email"), for counting.
+    invalid_identifiers: list[str] = field(default_factory=list)
+
+
+def _get_path(record: Mapping[str, Any], path: str) -> Any:
+    if "." not in path:
+        return record.get(path)
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _text(record: Mapping[str, Any], name: str, mapping: Mapping[str, str]) -> str:
+    """The string field ``name`` (through ``mapping``); empty when absent or an empty marker."""
+    value = _get_path(record, mapping.get(name, name))
+    if value is None:
+        return ""
+    if type(value) is str:
+        text = value
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise Skip("wrong_type", f"{name} must be a string")
+    else:
+        text = str(value)
+    # nginx logs an unset variable as "-" (or an empty string).
+    return "" if text == "-" else text
+
+
+def _parse_time(value: Any, now: float) -> float:
+    if value is None or value in ("", "-"):
+        return now
+    if isinstance(value, bool):
+        raise Skip("wrong_type", "click_time must be a number or a string")
+    seconds: float
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            # nginx $msec and Envoy's epoch formats arrive as decimal strings.
+            seconds = float(value)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                raise Skip("invalid_time", "click_time is not ISO 8601 or epoch") from None
+            if parsed.tzinfo is None:
+                raise Skip("invalid_time", "click_time has no time zone") from None
+            seconds = parsed.timestamp()
+    else:
+        raise Skip("wrong_type", "click_time must be a number or a string")
+    if seconds > 1e11:
+        # Epoch milliseconds: seconds this large would be past the year 5000.
+        seconds /= 1000.0
+    if not MIN_TIME < seconds <= now + ONE_YEAR_S:
+        raise Skip("invalid_time", "click_time out of range")
+    return seconds
+
+
+def _check_url(url: str, name: str) -> str:
+    if not url:
+        return ""
+    if len(url.encode("utf-8", "surrogatepass")) > MAX_URL_BYTES:
+        raise Skip("url_too_long", f"{name} longer than 8 KiB")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise Skip("invalid_url", f"{name} is not a URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise Skip("invalid_url", f"{name} is not an absolute http(s) URL")
+    return url
+
+
+def _fits(text: str, limit: int) -> bool:
+    return len(text) <= limit // 4 or len(text.encode("utf-8", "surrogatepass")) <= limit
+
+
+def _truncate_utf8(text: str, limit: int) -> str:
+    if _fits(text, limit):
+        return text
+    return text.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
+
+
+def _fingerprint(record: Mapping[str, Any]) -> bytes:
+    try:
+        return json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8", "replace")
+    except (TypeError, ValueError):
+        return repr(sorted(record.items(), key=str)).encode("utf-8", "replace")
+
+
+def _b64_decode(value: str) -> str:
+    compact = value.strip().replace(" ", "+")
+    padded = compact + "=" * (-len(compact) % 4)
+    for decoder in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            raw = decoder(padded.encode("ascii"))
+            return raw.decode("utf-8")
+        except (binascii.Error, ValueError, UnicodeError):
+            continue
+    return ""
+
+
+def normalize_email(value: str) -> str:
+    """The address in ``value`` (plain, URL-encoded or base64), or "" if none is valid."""
+    candidate = value.strip()
+    if "%" in candidate:
+        # Encoded twice (a `|urlencode` value inside an already-encoded link).
+        candidate = unquote(candidate)
+    if "@" not in candidate:
+        candidate = _b64_decode(candidate).strip()
+    # A raw `+` in an unencoded address arrives as a space after query decoding.
+    candidate = candidate.replace(" ", "+")
+    if len(candidate) <= 254 and EMAIL_RE.fullmatch(candidate):
+        return candidate
+    return ""
+
+
+def normalize_phone(value: str) -> str:
+    """The E.164 number in ``value``, or "" if it is not one."""
+    candidate = value.strip()
+    if value[:1] == " " and candidate[:1].isdigit():
+        # `+14155550100` unencoded in a query string arrives as ` 14155550100`.
+        candidate = "+" + candidate
+    candidate = re.sub(r"[\s().-]", "", candidate)
+    return candidate if E164_RE.fullmatch(candidate) else ""
+
+
+class Extractor:
+    """Builds ``Click`` messages from records according to an :class:`ExtractConfig`."""
+
+    def __init__(self, config: ExtractConfig, ids: UlidGenerator | None = None) -> None:
+        self._config = config
+        self._ids = ids or UlidGenerator()
+        self._identifier_params = {
+            *config.email_parameters,
+            *config.phone_parameters,
+            *config.external_id_parameters,
+            config.kx_parameter,
+        }
+
+    def extract(
+        self,
+        record: Any,
+        mapping: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> Extracted:
+        """The click for ``record``; raises :class:`Skip` with a reason if there is none."""
+        if not isinstance(record, dict):
+            raise Skip("not_an_object", "a click record must be a JSON object")
+        mapping = mapping or {}
+        now = time.time() if now is None else now
+        config = self._config
+
+        workspace_id = _text(record, "workspace_id", mapping)
+        if not workspace_id:
+            raise Skip("missing_workspace_id")
+        if not WORKSPACE_ID_RE.fullmatch(workspace_id):
+            raise Skip("invalid_workspace_id")
+        destination_url = _check_url(_text(record, "destination_url", mapping), "destination_url")
+        if not destination_url:
+            raise Skip("missing_destination_url")
+        short_url = _check_url(_text(record, "short_url", mapping), "short_url")
+        raw_time = _get_path(record, mapping.get("click_time", "click_time"))
+        click_time = _parse_time(raw_time, now)
+
+        query: dict[str, str] = {}
+        split = urlsplit(destination_url)
+        for key, value in parse_qsl(split.query, keep_blank_values=False):
+            query.setdefault(key, value)
+
+        click_id = _text(record, "click_id", mapping)
+        if not click_id and config.click_id_parameter:
+            click_id = query.get(config.click_id_parameter, "")
+        if click_id:
+            if not CLICK_ID_RE.fullmatch(click_id):
+                raise Skip("invalid_click_id")
+        elif raw_time not in (None, "", "-"):
+            click_id = derived_ulid(int(click_time * 1000), _fingerprint(record))
+        else:
+            click_id = self._ids.new(int(now * 1000))
+
+        invalid: list[str] = []
+        email = self._identifier(
+            record, mapping, "email", query, config.email_parameters, normalize_email, invalid
+        )
+        phone = self._identifier(
+            record, mapping, "phone_number", query, config.phone_parameters, normalize_phone,
+            invalid,
+        )
+        external_id = self._identifier(
+            record, mapping, "external_id", query, config.external_id_parameters,
+            self._normalize_external_id, invalid,
+        )
+        kx_params = (config.kx_parameter,) if config.kx_parameter else ()
+        kx = self._identifier(record, mapping, "kx", query, kx_params, self._normalize_kx, invalid)
+        if not (email or phone or external_id or kx) and not config.forward_anonymous:
+            raise Skip("anonymous")
+
+        utm: dict[str, str] = {}
+        for key, value in query.items():
+            if key.startswith("utm_") and key not in self._identifier_params:
+                utm[key] = value
+        given_utm = _get_path(record, mapping.get("utm_parameters", "utm_parameters"))
+        if given_utm is not None:
+            if not isinstance(given_utm, Mapping):
+                raise Skip("wrong_type", "utm_parameters must be an object")
+            for key, value in given_utm.items():
+                if not isinstance(value, str):
+                    raise Skip("wrong_type", "utm_parameters values must be strings")
+                if key.startswith("utm_"):
+                    utm[key] = value
+
+        referrer = _text(record, "referrer", mapping)
+        if referrer and not _fits(referrer, MAX_REFERRER_BYTES):
+            # A cut URL would be misleading; the referrer is only context.
+            referrer = ""
+        click = forwarder_pb2.Click(
+            click_id=click_id,
+            workspace_id=workspace_id,
+            link_id=_text(record, "link_id", mapping),
+            short_url=short_url,
+            destination_url=destination_url,
+            utm_parameters=utm,
+            identifiers=forwarder_pb2.ProfileIdentifiers(
+                email=email, phone_number=phone, external_id=external_id, kx=kx
+            ),
+            user_agent=_truncate_utf8(_text(record, "user_agent", mapping), MAX_USER_AGENT_BYTES),
+            referrer=referrer,
+        )
+        whole = int(click_time)
+        click.click_time.seconds = whole
+        click.click_time.nanos = int((click_time - whole) * 1e9)
+        return Extracted(click, invalid)
+
+    @staticmethod
+    def _normalize_external_id(value: str) -> str:
+        value = value.strip()
+        return value if 0 < len(value) <= MAX_EXTERNAL_ID_CHARS else ""
+
+    @staticmethod
+    def _normalize_kx(value: str) -> str:
+        # Base64-like: a `+` mangled into a space is repaired like the email's.
+        value = value.strip().replace(" ", "+")
+        return value if KX_RE.fullmatch(value) else ""
+
+    @staticmethod
+    def _identifier(
+        record: Mapping[str, Any],
+        mapping: Mapping[str, str],
+        name: str,
+        query: Mapping[str, str],
+        parameters: tuple[str, ...],
+        normalize: Any,
+        invalid: list[str],
+    ) -> str:
+        """The first valid identifier: the record's own field, then the URL's parameters."""
+        candidates = [_text(record, name, mapping)]
+        candidates.extend(query.get(p, "") for p in parameters)
+        seen_invalid = False
+        for candidate in candidates:
+            if not candidate:
+                continue
+            normalized: str = normalize(candidate)
+            if normalized:
+                return normalized
+            seen_invalid = True
+        if seen_invalid:
+            invalid.append(name)
+        return ""
