@@ -142,18 +142,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             )
             elapsed = time.perf_counter() - started
             RPC_LATENCY.labels(short, code_name).observe(elapsed)
-            log = _log.bind(
-                method=short,
-                code=code_name,
-                request_id=request_id,
-                duration_ms=round(elapsed * 1000, 2),
-            )
             if code_name != "OK":
-                log.warning("rpc finished")
+                emit = _log.warning
             elif not quiet:
-                log.info("rpc finished")
+                emit = _log.info
             else:
-                log.debug("rpc finished")
+                emit = _log.debug  # a no-op unless debug logging is on: nothing is built
+            emit("rpc finished", method=short, code=code_name, request_id=request_id,
+                 duration_ms=round(elapsed * 1000, 2))  # fmt: skip
 
         if handler.unary_unary is not None:
             # grpc-stubs types handler behaviours as synchronous; on grpc.aio they are coroutines.

@@ -33,6 +33,7 @@ from server.api._convert import (
     failed_event_message,
     integration_message,
 )
+from server.intake._coalescer import ClickCoalescer
 from server.intake._validation import validate_click, validate_conversion
 from server.store import Store, StoreError
 from server.store._records import ClickOutcome, ConversionOutcome, NewClick
@@ -119,6 +120,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         self._store = store
         self._vault = vault
         self._wakeup = wakeup
+        self._clicks = ClickCoalescer(store.take_clicks)
 
     # -- integrations ------------------------------------------------------------------
     async def _integration(self, workspace_id: str) -> pb.Integration:
@@ -235,7 +237,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         click = validate_click(request.click, "click", self._store.settings_for)
         if isinstance(click, list):
             raise invalid_argument(click, "click")
-        (outcome,) = await self._store.take_clicks([click], time.time())
+        outcome = await self._clicks.take(click)
         INTAKE.labels("click", outcome.value).inc()
         if outcome is ClickOutcome.QUEUED:
             self._wakeup.notify({click.workspace_id})
