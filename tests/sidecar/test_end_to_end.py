@@ -1,6 +1,7 @@
 """Sidecar -> real forwarder -> Klaviyo mock, with both processes SIGKILLed mid-stream."""
 
 import asyncio
+import json
 import secrets
 import socket
 import time
@@ -8,11 +9,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import grpc
 import pytest
 from elido.forwarder.v1 import forwarder_pb2 as pb
+from elido.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
 
 from tests.klaviyo_mock import KlaviyoMockThread
-from tests.sidecar.helpers import click_record, wait_for
+from tests.sidecar.helpers import click_record, http_request, wait_for
 from tests.sidecar.processes import Burst, SidecarProcess
 from tests.support.forwarder import ForwarderProcess
 from tests.support.openbao import new_workspace_id
@@ -111,3 +114,38 @@ async def test_sigkill_of_sidecar_and_forwarder_mid_stream_loses_and_duplicates_
     ids = timeline_ids(klaviyo_mock_thread, "acct-faults")
     assert len(ids) == len(set(ids))
     assert burst.accepted <= set(ids) <= burst.posted
+
+
+async def test_sidecar_streams_over_mutual_tls(
+    tmp_path: Path, forwarder_factory: Any, klaviyo_mock_thread: KlaviyoMockThread, pki: Path
+) -> None:
+    fwd: ForwarderProcess = forwarder_factory(
+        klaviyo_url=klaviyo_mock_thread.base_url,
+        env={"FORWARDER_TLS_CERT": str(pki / "server.pem"),
+             "FORWARDER_TLS_KEY": str(pki / "server.key"),
+             "FORWARDER_TLS_CLIENT_CA": str(pki / "ca.pem")})  # fmt: skip
+    key, ws = "pk_" + secrets.token_hex(17), new_workspace_id()
+    klaviyo_mock_thread.add_key(key, "acct-mtls")
+    with_cert = grpc.ssl_channel_credentials(
+        (pki / "ca.pem").read_bytes(), (pki / "client.key").read_bytes(),
+        (pki / "client.pem").read_bytes())  # fmt: skip
+    with grpc.secure_channel(f"localhost:{fwd.port}", with_cert) as channel:
+        pb_grpc.ForwarderServiceStub(channel).RegisterIntegration(
+            pb.RegisterIntegrationRequest(workspace_id=ws, private_key=key),
+            metadata=tuple(fwd.admin()), timeout=10)  # fmt: skip
+    tls = (f'tls = true\nca_file = "{pki / "ca.pem"}"\ncert_file = "{pki / "client.pem"}"\n'
+           f'key_file = "{pki / "client.key"}"\n')  # fmt: skip
+    sidecar = SidecarProcess(tmp_path, f"localhost:{fwd.port}", "sidecar-tls",
+                             token=fwd.ingest_token, extra_toml=tls)  # fmt: skip
+    try:
+        port = await sidecar.wait_listening()
+        records = [click_record(i, workspace_id=ws, click_time=time.time() - 5) for i in range(20)]
+        body = "\n".join(json.dumps(r) for r in records).encode()
+        status, _, _ = await http_request(port, "POST", "/v1/clicks", body,
+                                          {"Content-Type": "application/x-ndjson"})  # fmt: skip
+        assert status == 202
+        await sidecar.wait_caught_up()
+        await asyncio.to_thread(
+            wait_for_sync, lambda: len(timeline_ids(klaviyo_mock_thread, "acct-mtls")) == 20)
+    finally:
+        assert sidecar.terminate() == 0
