@@ -557,32 +557,34 @@ class SqliteStore:
     async def due_events(self, workspace_id: str, now: float, limit: int) -> list[OutboxEvent]:
         settings = self._settings.get(workspace_id, IntegrationSettings())
 
-        def op(conn: sqlite3.Connection) -> list[OutboxEvent]:
-            rows = conn.execute(
+        def op(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
                 """SELECT event_id, kind, source_id, occurred_at, created_at, payload,
                           value, currency, attempts, email, phone_number, external_id, kx
                    FROM outbox WHERE workspace_id = ? AND status = ? AND next_attempt_at <= ?
                    ORDER BY next_attempt_at, event_id LIMIT ?""",
                 (workspace_id, QUEUED, now, limit),
             ).fetchall()
-            return [
-                OutboxEvent(
-                    event_id=r[0],
-                    workspace_id=workspace_id,
-                    kind=(kind := EventKind(r[1])),
-                    source_id=r[2],
-                    occurred_at=r[3],
-                    created_at=r[4],
-                    identifiers=Identifiers(r[9], r[10], r[11], r[12]),
-                    properties=self._decode(kind, r[5], settings),
-                    value=r[6],
-                    currency=r[7],
-                    attempts=r[8],
-                )
-                for r in rows
-            ]
 
-        return await self._call(op)
+        rows = await self._call(op)
+        # Decoded here, not on the store thread: decoding thousands of payloads there would
+        # hold up every other workspace's intake and delivery behind this one's backlog.
+        return [
+            OutboxEvent(
+                event_id=r[0],
+                workspace_id=workspace_id,
+                kind=(kind := EventKind(r[1])),
+                source_id=r[2],
+                occurred_at=r[3],
+                created_at=r[4],
+                identifiers=Identifiers(r[9], r[10], r[11], r[12]),
+                properties=self._decode(kind, r[5], settings),
+                value=r[6],
+                currency=r[7],
+                attempts=r[8],
+            )
+            for r in rows
+        ]
 
     async def mark_delivered(self, workspace_id: str, event_ids: Sequence[int], now: float) -> None:
         def op(conn: sqlite3.Connection) -> None:
