@@ -23,6 +23,7 @@ from server.api._service import ForwarderService
 from server.delivery._engine import DeliveryEngine
 from server.delivery._klaviyo import KlaviyoClient
 from server.intake._payload import decode_payload
+from server.intake._workers import IntakeWorkers
 from server.store import SqliteStore
 from server.vault import KeyVault
 
@@ -43,6 +44,11 @@ class Forwarder:
         self.delivery = DeliveryEngine(self.store, self.vault, self._client, config.delivery)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # re-exported at runtime, not in its stubs
         self._server: grpc.aio.Server | None = None
+        self._workers = (
+            IntakeWorkers(config.store, config.server.intake_workers)
+            if config.server.intake_workers
+            else None
+        )
         self._housekeeping: asyncio.Task[None] | None = None
         self.port = 0
 
@@ -61,7 +67,9 @@ class Forwarder:
         """Open everything and start serving; returns the bound port."""
         cfg = self._config.server
         tokens = self._tokens()
-        await self.store.open()
+        await self.store.open()  # applies migrations before any worker opens the file
+        if self._workers is not None:
+            await self._workers.start()
         # Vault may be down now; intake must work anyway, so this never blocks on it.
         await self.vault.start()
         await self.delivery.start()
@@ -75,7 +83,7 @@ class Forwarder:
             ],
         )
         forwarder_pb2_grpc.add_ForwarderServiceServicer_to_server(
-            ForwarderService(self.store, self.vault, self.delivery), server
+            ForwarderService(self.store, self.vault, self.delivery, self._workers), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -122,6 +130,8 @@ class Forwarder:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        if self._workers is not None:
+            await self._workers.close()
         await self.delivery.stop()
         await self._client.aclose()
         await self.vault.close()

@@ -6,6 +6,7 @@ least ``VAULT_ADDR`` with ``VAULT_TOKEN`` or AppRole credentials, and ``FORWARDE
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from server.store import SqliteConfig
 from server.vault import VaultConfig
 
 DEFAULT_LISTEN: Final = "127.0.0.1:50051"
+# One per core, up to 8: past that the database's single writer is the limit.
+DEFAULT_INTAKE_WORKERS: Final = min(8, os.cpu_count() or 1)
 
 
 class ConfigError(ValueError):
@@ -51,6 +54,9 @@ class ServerConfig:
     log_level: str = "info"
     # Written with the bound port once listening (useful with port 0).
     port_file: Path | None = None
+    # Worker processes that validate and commit StreamClicks batches (0: in this process).
+    # One Python process uses one core at a time; workers let intake use the others.
+    intake_workers: int = DEFAULT_INTAKE_WORKERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +114,10 @@ def load_config(env: Mapping[str, str]) -> ForwarderConfig:
         log_format="json" if log_format == "json" else "console",
         log_level=env.get("FORWARDER_LOG_LEVEL", "info"),
         port_file=_path(env, "FORWARDER_PORT_FILE"),
+        intake_workers=_int(env, "FORWARDER_INTAKE_WORKERS", DEFAULT_INTAKE_WORKERS),
     )
+    if not 0 <= server.intake_workers <= 64:
+        raise ConfigError("FORWARDER_INTAKE_WORKERS must be between 0 and 64")
     synchronous = env.get("FORWARDER_DB_SYNCHRONOUS", "FULL").upper()
     if synchronous not in ("FULL", "NORMAL", "EXTRA"):
         raise ConfigError("FORWARDER_DB_SYNCHRONOUS must be FULL, EXTRA or NORMAL")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Protocol
 
@@ -33,10 +32,12 @@ from server.api._convert import (
     failed_event_message,
     integration_message,
 )
+from server.intake._batch import BatchResult, validate_batch
 from server.intake._coalescer import ClickCoalescer
 from server.intake._validation import validate_click, validate_conversion
+from server.intake._workers import IntakeWorkers
 from server.store import Store, StoreError
-from server.store._records import ClickOutcome, ConversionOutcome, NewClick
+from server.store._records import ClickOutcome, ConversionOutcome
 from server.vault import KeyDestroyed, KeyVault, VaultDenied, VaultUnavailable
 
 _log = structlog.get_logger(__name__)
@@ -53,27 +54,6 @@ class DeliveryWakeup(Protocol):
 
     def notify(self, workspace_ids: set[str]) -> None:
         """Events of these workspaces became due."""
-
-
-class _Batch:
-    """A StreamClicks batch whose valid clicks are being committed."""
-
-    __slots__ = ("batch_id", "commit", "results", "slots", "workspaces")
-
-    def __init__(
-        self,
-        batch_id: int,
-        results: list[pb.ClickResult],
-        slots: list[int],
-        workspaces: list[str],
-        commit: asyncio.Future[list[ClickOutcome]] | None,
-    ) -> None:
-        self.batch_id = batch_id
-        self.results = results
-        # Where each committed click's result goes, and its workspace.
-        self.slots = slots
-        self.workspaces = workspaces
-        self.commit = commit
 
 
 _INTERNAL: Final = ApiError(
@@ -116,8 +96,16 @@ def _handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 class ForwarderService(pb_grpc.ForwarderServiceServicer):
     """Implements elido.forwarder.v1.ForwarderService."""
 
-    def __init__(self, store: Store, vault: KeyVault, wakeup: DeliveryWakeup) -> None:
+    def __init__(
+        self,
+        store: Store,
+        vault: KeyVault,
+        wakeup: DeliveryWakeup,
+        workers: IntakeWorkers | None = None,
+    ) -> None:
         self._store = store
+        # StreamClicks batches go to worker processes when there are any (see _workers).
+        self._workers = workers
         self._vault = vault
         self._wakeup = wakeup
         self._clicks = ClickCoalescer(store.take_clicks)
@@ -243,7 +231,9 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             self._wakeup.notify({click.workspace_id})
         return pb.ForwardClickResponse(disposition=CLICK_DISPOSITION[outcome])
 
-    def _start_batch(self, request: pb.StreamClicksRequest, previous_id: int) -> _Batch:
+    def _start_batch(
+        self, request: pb.StreamClicksRequest, previous_id: int, lane: int
+    ) -> asyncio.Future[BatchResult]:
         problems: list[Violation] = []
         if request.batch_id == 0:
             problems.append(Violation("batch_id", "required (nonzero)"))
@@ -257,62 +247,37 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             problems.append(Violation("clicks", f"at most {MAX_BATCH} clicks per batch"))
         if problems:
             raise invalid_argument(problems, "batch")
-        results: list[pb.ClickResult] = []
-        valid: list[NewClick] = []
-        slots: list[int] = []
-        for i, click in enumerate(request.clicks):
-            checked = validate_click(click, f"clicks[{i}]", self._store.settings_for)
-            if isinstance(checked, list):
-                results.append(
-                    pb.ClickResult(
-                        click_id=click.click_id,
-                        disposition=pb.CLICK_DISPOSITION_REJECTED,
-                        field_violations=[
-                            pb.FieldViolation(field=v.field, description=v.description)
-                            for v in checked
-                        ],
-                    )
-                )
-            else:
-                results.append(pb.ClickResult(click_id=click.click_id))
-                valid.append(checked)
-                slots.append(i)
-        commit = (
-            asyncio.ensure_future(self._store.take_clicks(valid, time.time())) if valid else None
-        )
-        return _Batch(request.batch_id, results, slots, [c.workspace_id for c in valid], commit)
+        if self._workers is not None:
+            return asyncio.ensure_future(self._workers.take(request, time.time(), lane))
+        return asyncio.ensure_future(self._take_batch(request, time.time()))
 
-    async def _finish_batch(self, batch: _Batch) -> pb.StreamClicksResponse:
-        tally: Counter[str] = Counter()
-        if batch.commit is not None:
-            outcomes = await batch.commit
-            queued: set[str] = set()
-            for slot, workspace_id, outcome in zip(
-                batch.slots, batch.workspaces, outcomes, strict=True
-            ):
-                batch.results[slot].disposition = CLICK_DISPOSITION[outcome]
-                tally[outcome.value] += 1
-                if outcome is ClickOutcome.QUEUED:
-                    queued.add(workspace_id)
-            if queued:
-                self._wakeup.notify(queued)
-        rejected = len(batch.results) - len(batch.slots)
-        if rejected:
-            tally["rejected"] += rejected
-        for disposition, n in tally.items():
+    async def _take_batch(self, request: pb.StreamClicksRequest, now: float) -> BatchResult:
+        batch = validate_batch(request, self._store.settings_for, now)
+        outcomes = await self._store.take_clicks(batch.valid, now) if batch.valid else []
+        return batch.finish(outcomes)
+
+    async def _finish_batch(self, taken: asyncio.Future[BatchResult]) -> pb.StreamClicksResponse:
+        result = await taken
+        if result.queued_workspaces:
+            self._wakeup.notify(set(result.queued_workspaces))
+        for disposition, n in result.tally.items():
             INTAKE.labels("click", disposition).inc(n)
-        return pb.StreamClicksResponse(batch_id=batch.batch_id, results=batch.results)
+        return pb.StreamClicksResponse.FromString(result.response)
 
     async def StreamClicks(
         self, request_iterator: AsyncIterator[pb.StreamClicksRequest], context: Context
     ) -> AsyncIterator[pb.StreamClicksResponse]:
-        pending: asyncio.Queue[_Batch | ApiError | None] = asyncio.Queue(STREAM_PIPELINE_DEPTH)
+        pending: asyncio.Queue[asyncio.Future[BatchResult] | ApiError | None] = asyncio.Queue(
+            STREAM_PIPELINE_DEPTH
+        )
+
+        lane = self._workers.lane() if self._workers is not None else 0
 
         async def read() -> None:
             previous = 0
             try:
                 async for request in request_iterator:
-                    batch = self._start_batch(request, previous)
+                    batch = self._start_batch(request, previous, lane)
                     previous = request.batch_id
                     await pending.put(batch)
             except ApiError as error:

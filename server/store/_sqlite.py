@@ -1,21 +1,24 @@
 """SQLite implementation of :class:`server.store.Store` (WAL mode, one writer thread).
 
-SQLite allows one writer at a time, so every statement runs on one dedicated thread with one
-connection. Intake batches that queue up while a transaction runs are committed together in
-the next one (group commit): under load one fsync covers many batches, which is where the
-ingest throughput comes from. Each batch runs under its own savepoint, so one failing batch
-does not take its neighbours down.
+SQLite allows one writer at a time, so the server's statements run on one dedicated thread
+with one connection (the intake worker processes have their own; all writers take turns
+through :class:`WriteLock`). Operations that queue up while a transaction runs are committed
+together in the next one (group commit): under load one fsync covers many, which is where
+the throughput comes from. Each runs under its own savepoint, so one failing operation does
+not take its neighbours down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import queue
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -101,6 +104,138 @@ def _integration(row: sqlite3.Row) -> IntegrationRecord:
     )
 
 
+def connect(config: SqliteConfig) -> sqlite3.Connection:
+    """A connection with the store's pragmas (WAL, durability, busy timeout, bounded cache)."""
+    conn = sqlite3.connect(config.path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={config.synchronous}")
+    conn.execute(f"PRAGMA busy_timeout={int(config.busy_timeout_ms)}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA cache_size=-32000")  # 32 MB: bounded, whatever the backlog.
+    return conn
+
+
+class WriteLock:
+    """Takes turns among the processes writing one database file.
+
+    SQLite lets one writer in at a time and makes the others poll with growing sleeps (up
+    to 100 ms); with several intake processes that polling, not the work, set the pace. A
+    blocking ``flock`` on a file beside the database hands the turn over the moment it is
+    free. Writers that do not take it (a manual ``sqlite3`` session) still meet SQLite's
+    own lock and busy timeout.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self._fd = os.open(f"{db_path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Release the file descriptor."""
+        os.close(self._fd)
+
+
+def integrations_version(conn: sqlite3.Connection) -> int:
+    """The counter that moves whenever an integration is created, changed or removed."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'integrations_version'").fetchone()
+    return int(row[0])
+
+
+def load_settings(conn: sqlite3.Connection) -> dict[str, IntegrationSettings]:
+    """Every integration's settings, by workspace id."""
+    rows = conn.execute("SELECT workspace_id, settings FROM integrations")
+    return {workspace_id: _settings_from_json(text) for workspace_id, text in rows}
+
+
+_BUMP_VERSION: Final = "UPDATE meta SET value = value + 1 WHERE key = 'integrations_version'"
+
+
+def insert_clicks(
+    conn: sqlite3.Connection,
+    clicks: Sequence[NewClick],
+    settings: Mapping[str, IntegrationSettings],
+    now: float,
+    expires: float,
+) -> list[ClickOutcome]:
+    """Index and queue ``clicks`` inside the caller's transaction; one outcome per click.
+
+    Shared by the store thread and the intake worker processes, so both decide a click's
+    fate the same way: no integration, duplicate (in the index or earlier in the batch),
+    anonymous (indexed, not queued) or queued.
+    """
+    outcomes: list[ClickOutcome] = [ClickOutcome.NO_INTEGRATION] * len(clicks)
+    by_workspace: dict[str, list[int]] = defaultdict(list)
+    for i, click in enumerate(clicks):
+        if click.workspace_id in settings:
+            by_workspace[click.workspace_id].append(i)
+    index_rows: list[tuple[Any, ...]] = []
+    outbox_rows: list[tuple[Any, ...]] = []
+    anonymous: dict[str, int] = defaultdict(int)
+    for workspace_id, positions in by_workspace.items():
+        ids = [clicks[i].click_id for i in positions]
+        seen: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            seen.update(
+                r[0]
+                for r in conn.execute(
+                    f"SELECT click_id FROM clicks WHERE workspace_id = ? AND click_id IN ({marks})",  # noqa: S608 - only placeholders are interpolated
+                    (workspace_id, *chunk),
+                )
+            )
+        click_kind = EventKind.CLICK.value
+        for i in positions:
+            click = clicks[i]
+            click_id = click.click_id
+            if click_id in seen:
+                outcomes[i] = ClickOutcome.DUPLICATE
+                continue
+            seen.add(click_id)
+            who = click.identifiers
+            email, phone, external, kx = (
+                who.email,
+                who.phone_number,
+                who.external_id,
+                who.kx,
+            )
+            index_rows.append(
+                (
+                    workspace_id,
+                    click_id,
+                    email,
+                    phone,
+                    external,
+                    kx,
+                    click.click_time,
+                    expires,
+                )
+            )
+            if email or phone or external or kx:
+                outcomes[i] = ClickOutcome.QUEUED
+                outbox_rows.append(
+                    (workspace_id, click_kind, click_id, click.click_time, now,
+                     email, phone, external, kx, click.payload, None, "", now)
+                )  # fmt: skip
+            else:
+                outcomes[i] = ClickOutcome.ANONYMOUS
+                anonymous[workspace_id] += 1
+    if index_rows:
+        conn.executemany("INSERT INTO clicks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", index_rows)
+    if outbox_rows:
+        conn.executemany(_INSERT_OUTBOX, outbox_rows)
+    if anonymous:
+        conn.executemany(
+            "UPDATE integrations SET anonymous_count = anonymous_count + ? WHERE workspace_id = ?",
+            [(n, ws) for ws, n in anonymous.items()],
+        )
+    return outcomes
+
+
 class SqliteStore:
     """The store on one SQLite file."""
 
@@ -109,20 +244,17 @@ class SqliteStore:
         self._decode = decode
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._write_lock: WriteLock | None = None
         # Which workspaces have an integration, and their settings: consulted for every click,
-        # so kept in memory. This process is the only writer of the file, so it stays exact.
+        # so kept in memory. Only this process changes integrations (intake workers only add
+        # clicks), so it stays exact.
         self._settings: dict[str, IntegrationSettings] = {}
 
     # -- thread plumbing -------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         self._config.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._config.path, isolation_level=None, check_same_thread=False)
+        conn = connect(self._config)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._config.synchronous}")
-        conn.execute(f"PRAGMA busy_timeout={int(self._config.busy_timeout_ms)}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA cache_size=-32000")  # 32 MB: bounded, whatever the backlog.
         return conn
 
     def _run(self, conn: sqlite3.Connection) -> None:
@@ -158,36 +290,42 @@ class SqliteStore:
         if not batch:
             return
         results: list[tuple[_Op, Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op.fn(conn)
-                except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((op, None, StoreError(str(exc))))
-                except Exception as exc:  # a bug in the op: its caller sees it as it is
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((op, None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((op, value, None))
-            conn.execute("COMMIT")
-        except Exception as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            _log.error("store transaction failed", error=str(exc))
-            failure = StoreError(f"transaction failed: {exc}")
-            results = [(op, None, failure) for op in batch]
+        assert self._write_lock is not None  # set by open(), before the thread starts
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op in batch:
+                    results.append(self._run_op(conn, op))
+                conn.execute("COMMIT")
+            except Exception as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                _log.error("store transaction failed", error=str(exc))
+                failure = StoreError(f"transaction failed: {exc}")
+                results = [(op, None, failure) for op in batch]
         # Only now, after COMMIT returned, may any caller ack.
         for op, value, error in results:
             if error is None:
                 op.future.set_result(value)
             else:
                 op.future.set_exception(error)
+
+    @staticmethod
+    def _run_op(conn: sqlite3.Connection, op: _Op) -> tuple[_Op, Any, BaseException | None]:
+        # Each op under its own savepoint: one that fails leaves the others of the group.
+        conn.execute("SAVEPOINT op")
+        try:
+            value = op.fn(conn)
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return op, None, StoreError(str(exc))
+        except Exception as exc:  # a bug in the op: its caller sees it as it is
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return op, None, exc
+        conn.execute("RELEASE op")
+        return op, value, None
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T], group: bool = False) -> T:
         if self._thread is None:
@@ -198,9 +336,10 @@ class SqliteStore:
 
     async def open(self) -> None:
         conn = self._connect()
-        self._migrate(conn)
-        for row in conn.execute("SELECT workspace_id, settings FROM integrations"):
-            self._settings[row["workspace_id"]] = _settings_from_json(row["settings"])
+        self._write_lock = WriteLock(self._config.path)
+        with self._write_lock:
+            self._migrate(conn)
+        self._settings.update(load_settings(conn))
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="sqlite-store", daemon=True
         )
@@ -211,6 +350,9 @@ class SqliteStore:
             self._ops.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        if self._write_lock is not None:
+            self._write_lock.close()
+            self._write_lock = None
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -286,6 +428,7 @@ class SqliteStore:
                 "UPDATE outbox SET next_attempt_at = ? WHERE workspace_id = ? AND status = ? AND next_attempt_at > ?",
                 (now, workspace_id, QUEUED, now),
             )
+            conn.execute(_BUMP_VERSION)
             row = conn.execute(
                 "SELECT * FROM integrations WHERE workspace_id = ?", (workspace_id,)
             ).fetchone()
@@ -331,6 +474,7 @@ class SqliteStore:
                 "DELETE FROM outbox WHERE workspace_id = ?", (workspace_id,)
             ).rowcount
             conn.execute("DELETE FROM leases WHERE workspace_id = ?", (workspace_id,))
+            conn.execute(_BUMP_VERSION)
             return int(dropped)
 
         try:
@@ -409,73 +553,7 @@ class SqliteStore:
         expires = now + self._config.attribution_window_s
 
         def op(conn: sqlite3.Connection) -> list[ClickOutcome]:
-            outcomes: list[ClickOutcome] = [ClickOutcome.NO_INTEGRATION] * len(clicks)
-            by_workspace: dict[str, list[int]] = defaultdict(list)
-            for i, click in enumerate(clicks):
-                if click.workspace_id in settings:
-                    by_workspace[click.workspace_id].append(i)
-            index_rows: list[tuple[Any, ...]] = []
-            outbox_rows: list[tuple[Any, ...]] = []
-            anonymous: dict[str, int] = defaultdict(int)
-            for workspace_id, positions in by_workspace.items():
-                ids = [clicks[i].click_id for i in positions]
-                seen: set[str] = set()
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    seen.update(
-                        r[0]
-                        for r in conn.execute(
-                            f"SELECT click_id FROM clicks WHERE workspace_id = ? AND click_id IN ({marks})",  # noqa: S608 - only placeholders are interpolated
-                            (workspace_id, *chunk),
-                        )
-                    )
-                click_kind = EventKind.CLICK.value
-                for i in positions:
-                    click = clicks[i]
-                    click_id = click.click_id
-                    if click_id in seen:
-                        outcomes[i] = ClickOutcome.DUPLICATE
-                        continue
-                    seen.add(click_id)
-                    who = click.identifiers
-                    email, phone, external, kx = (
-                        who.email,
-                        who.phone_number,
-                        who.external_id,
-                        who.kx,
-                    )
-                    index_rows.append(
-                        (
-                            workspace_id,
-                            click_id,
-                            email,
-                            phone,
-                            external,
-                            kx,
-                            click.click_time,
-                            expires,
-                        )
-                    )
-                    if email or phone or external or kx:
-                        outcomes[i] = ClickOutcome.QUEUED
-                        outbox_rows.append(
-                            (workspace_id, click_kind, click_id, click.click_time, now,
-                             email, phone, external, kx, click.payload, None, "", now)
-                        )  # fmt: skip
-                    else:
-                        outcomes[i] = ClickOutcome.ANONYMOUS
-                        anonymous[workspace_id] += 1
-            if index_rows:
-                conn.executemany("INSERT INTO clicks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", index_rows)
-            if outbox_rows:
-                conn.executemany(_INSERT_OUTBOX, outbox_rows)
-            if anonymous:
-                conn.executemany(
-                    "UPDATE integrations SET anonymous_count = anonymous_count + ? WHERE workspace_id = ?",
-                    [(n, ws) for ws, n in anonymous.items()],
-                )
-            return outcomes
+            return insert_clicks(conn, clicks, settings, now, expires)
 
         return await self._call(op, group=True)
 

@@ -1,0 +1,159 @@
+"""Intake worker processes: StreamClicks batches validated and committed off the main process.
+
+One CPython process runs Python on one core at a time, and per click the validation and the
+store's bookkeeping cost far more than gRPC does. So the server hands each StreamClicks batch
+— still serialized — to a small pool of worker processes. A worker parses it, validates every
+click, commits the valid ones in one transaction on its own connection to the SQLite file
+(SQLite serialises the writers), and returns the serialized acknowledgement. The main process
+sends that ack only after the worker returned, i.e. after the commit: invariant 2 holds as
+in-process.
+
+A worker caches the integrations' settings and re-reads them when the store's
+``integrations_version`` moved, checked inside the very transaction that decides whether a
+click has an integration, so a click never lands for a removed integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import sqlite3
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import structlog
+from elido.forwarder.v1 import forwarder_pb2 as pb
+
+from server.intake._batch import BatchResult, validate_batch
+from server.store import SqliteConfig, StoreError
+from server.store._records import ClickOutcome, IntegrationSettings, NewClick
+from server.store._sqlite import (
+    WriteLock,
+    connect,
+    insert_clicks,
+    integrations_version,
+    load_settings,
+)
+
+_log = structlog.get_logger(__name__)
+
+
+class _Worker:
+    """A worker process's connection and settings cache."""
+
+    def __init__(self, config: SqliteConfig) -> None:
+        self.config = config
+        self.conn = connect(config)
+        self.write_lock = WriteLock(config.path)
+        self.version = -1
+        self.settings: dict[str, IntegrationSettings] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        version = integrations_version(self.conn)
+        if version != self.version:
+            self.settings = load_settings(self.conn)
+            self.version = version
+
+    def take(self, raw: bytes, now: float) -> BatchResult:
+        request = pb.StreamClicksRequest.FromString(raw)
+        self.refresh()  # outside the write lock: fresh enough to read email parameters
+        batch = validate_batch(request, self.settings.get, now)
+        return batch.finish(self._commit(batch.valid, now) if batch.valid else [])
+
+    def _commit(self, clicks: list[NewClick], now: float) -> list[ClickOutcome]:
+        expires = now + self.config.attribution_window_s
+        try:
+            with self.write_lock:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self.refresh()  # under the write lock: decides "no integration" exactly
+                    outcomes = insert_clicks(self.conn, clicks, self.settings, now, expires)
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"intake worker could not commit: {exc}") from None
+        return outcomes
+
+
+_worker: _Worker | None = None
+
+
+def _init(config: SqliteConfig) -> None:
+    global _worker  # one per worker process, set by the pool's initializer
+    _worker = _Worker(config)
+
+
+def _take(raw: bytes, now: float) -> BatchResult:
+    if _worker is None:  # pragma: no cover - the initializer always runs first
+        raise StoreError("intake worker not initialised")
+    return _worker.take(raw, now)
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+class IntakeWorkers:
+    """The intake worker processes, as the gRPC service uses them.
+
+    Each worker is its own single-process pool, so the batches given to it run in the order
+    given. A stream keeps one worker (its lane) for its whole life: its batches commit in the
+    order they were sent — the first of two clicks with one id is the one queued — while
+    different streams run in parallel on different workers.
+    """
+
+    def __init__(self, config: SqliteConfig, processes: int) -> None:
+        self._config = config
+        self._pools: list[ProcessPoolExecutor] = []
+        self._processes = processes
+        self._next_lane = 0
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: forking a process that runs gRPC's threads is unsafe.
+        return ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init,
+            initargs=(self._config,),
+        )
+
+    async def start(self) -> None:
+        """Start the workers and wait until each has opened the store."""
+        self._pools = [self._new_pool() for _ in range(self._processes)]
+        loop = asyncio.get_running_loop()
+        pids = await asyncio.gather(*(loop.run_in_executor(p, _ready) for p in self._pools))
+        _log.info("intake workers ready", processes=self._processes, pids=sorted(pids))
+
+    def lane(self) -> int:
+        """A worker for a new stream (round robin)."""
+        self._next_lane = (self._next_lane + 1) % max(1, len(self._pools))
+        return self._next_lane
+
+    async def take(self, request: pb.StreamClicksRequest, now: float, lane: int) -> BatchResult:
+        """Validate and commit one batch on worker ``lane``; raises StoreError if it could not."""
+        if not self._pools:
+            raise StoreError("intake workers are not running")
+        pool = self._pools[lane % len(self._pools)]
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, _take, request.SerializeToString(), now
+            )
+        except BrokenProcessPool:
+            # The worker died (killed, out of memory). Its batch was not acked, so the sender
+            # resends it; a fresh worker takes the lane's next batches.
+            if self._pools and self._pools[lane % len(self._pools)] is pool:
+                _log.error("an intake worker died; starting a new one", lane=lane)
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pools[lane % len(self._pools)] = self._new_pool()
+            raise StoreError("an intake worker died; resend the batch") from None
+
+    async def close(self) -> None:
+        """Finish the batches in progress and stop the workers."""
+        pools, self._pools = self._pools, []
+        for pool in pools:
+            await asyncio.to_thread(pool.shutdown, wait=True)
