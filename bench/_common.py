@@ -62,6 +62,24 @@ def peak_rss_mb(pid: int) -> float:
     return _status_kb(pid, "VmHWM") / 1024.0
 
 
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (e.g. the forwarder's intake worker processes)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().split()[3]) == pid:
+                    children.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return children
+
+
+def tree_peak_rss_mb(pid: int) -> tuple[float, float]:
+    """(VmHWM of ``pid``, sum of its children's VmHWM), in MiB."""
+    return peak_rss_mb(pid), sum(peak_rss_mb(child) for child in child_pids(pid))
+
+
 def rss_mb(pid: int) -> float:
     """The process's current resident set size (VmRSS), in MiB; 0 if it is gone."""
     return _status_kb(pid, "VmRSS") / 1024.0

@@ -74,6 +74,7 @@ from bench._common import (  # noqa: E402
     peak_rss_mb,
     percentile,
     start_openbao,
+    tree_peak_rss_mb,
 )
 from tests.support.forwarder import ForwarderProcess  # noqa: E402
 
@@ -455,6 +456,7 @@ def phase_backlog(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
         last = max((a.received_at for a in arrived), default=math.nan)
         drain_s = last - released
         hwm = peak_rss_mb(pid)
+        _, children_hwm = tree_peak_rss_mb(pid)
         wait_for(lambda: integration(s.fwd, s.workspace_id).delivery.queued_count == 0, 30,
                  "the outbox to empty")
         left = integration(s.fwd, s.workspace_id).delivery.queued_count
@@ -466,6 +468,8 @@ def phase_backlog(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
     say(f"    server peak RSS (VmHWM) over the run: {hwm:.0f} MB (target <= {RSS_TARGET_MB:.0f}"
         f" MB; sampled peaks: enqueue {enqueue_rss.peak_mb:.0f} MB, drain "
         f"{drain_rss.peak_mb:.0f} MB); 429s issued by the mock: {throttled}")
+    say(f"    with its intake worker processes (peak RSS of each, summed): {hwm:.0f} + "
+        f"{children_hwm:.0f} = {hwm + children_hwm:.0f} MB")
     return {"backlog": n, "profiles": profiles, "drain_limit": list(limit),
             "drain_limit_documented": documented, "build_s": round(build_s, 1),
             "enqueue_s": round(enqueue_s, 2), "enqueue_per_s": round(n / enqueue_s),
@@ -474,6 +478,7 @@ def phase_backlog(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
             "complete": drained, "drain_s": round(drain_s, 1),
             "drain_per_s": round(drain_rate), "left_in_outbox": left,
             "peak_rss_mb_after_enqueue": round(hwm_enqueue, 1), "peak_rss_mb": round(hwm, 1),
+            "peak_rss_mb_with_workers": round(hwm + children_hwm, 1),
             "sampled_peak_rss_mb_enqueue": round(enqueue_rss.peak_mb, 1),
             "sampled_peak_rss_mb_drain": round(drain_rss.peak_mb, 1),
             "throttled_429": throttled, "mock_statuses": statuses}

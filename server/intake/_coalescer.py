@@ -1,39 +1,41 @@
 """Commits the clicks of concurrent ForwardClick calls together.
 
-Each unary call alone would cost a store operation of its own (a thread hop and half a
-dozen statements). Calls that arrive while a commit is in flight wait for it to finish and
-then go into the next commit together, so under load one store operation carries many
-clicks, and when idle a click is committed at once.
+Each unary call alone would cost a commit of its own (a hand-over to the store thread or a
+worker process, and half a dozen statements). Calls that arrive while a commit is in flight
+wait for it to finish and then go into the next commit together, so under load one commit
+carries many clicks, and when idle a click is committed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
-
-from server.store._records import ClickOutcome, NewClick
+from typing import Final, Generic, TypeVar
 
 MAX_BATCH: Final = 1000
 
-TakeClicks = Callable[[Sequence[NewClick], float], Awaitable[list[ClickOutcome]]]
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
 
 
-class ClickCoalescer:
-    """Group commit for single clicks."""
+class Coalescer(Generic[Item, Outcome]):
+    """Group commit for single items: ``take_many`` gets all that waited, one outcome each."""
 
-    def __init__(self, take: TakeClicks, max_batch: int = MAX_BATCH) -> None:
-        self._take = take
+    def __init__(
+        self,
+        take_many: Callable[[Sequence[Item]], Awaitable[Sequence[Outcome]]],
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self._take_many = take_many
         self._max_batch = max_batch
-        self._pending: list[tuple[NewClick, asyncio.Future[ClickOutcome]]] = []
+        self._pending: list[tuple[Item, asyncio.Future[Outcome]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def take(self, click: NewClick) -> ClickOutcome:
-        """Commit ``click`` (with whatever else is waiting); its outcome once durable."""
+    async def take(self, item: Item) -> Outcome:
+        """Commit ``item`` (with whatever else is waiting); its outcome once durable."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[ClickOutcome] = loop.create_future()
-        self._pending.append((click, done))
+        done: asyncio.Future[Outcome] = loop.create_future()
+        self._pending.append((item, done))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
         return await done
@@ -46,7 +48,7 @@ class ClickCoalescer:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 try:
-                    outcomes = await self._take([click for click, _ in batch], time.time())
+                    outcomes = await self._take_many([item for item, _ in batch])
                 except Exception as exc:  # handed to every caller; each answers for itself
                     for _, done in batch:
                         if not done.done():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.intake._coalescer import ClickCoalescer
+from server.intake._coalescer import Coalescer
 from server.intake._payload import decode_payload
 from server.store import SqliteConfig, SqliteStore, StoreError
 from server.store._records import ClickOutcome, Identifiers, IntegrationSettings, NewClick
@@ -26,11 +26,11 @@ async def test_concurrent_clicks_share_commits_and_keep_their_own_outcomes(tmp_p
         await store.upsert_integration("ws", "vault:v1:x", "pk_…x", 1, IntegrationSettings(), 0.0)
         commits: list[int] = []
 
-        async def take(clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
+        async def take(clicks: Sequence[NewClick]) -> list[ClickOutcome]:
             commits.append(len(clicks))
-            return await store.take_clicks(clicks, now)
+            return await store.take_clicks(clicks, time.time())
 
-        coalescer = ClickCoalescer(take)
+        coalescer = Coalescer(take)
         ids = [f"c-{i}" for i in range(200)] + ["c-7"]  # one repeat inside the burst
         outcomes = await asyncio.gather(
             *(coalescer.take(click(i, email="" if i == "c-3" else "a@example.com")) for i in ids)
@@ -46,10 +46,10 @@ async def test_concurrent_clicks_share_commits_and_keep_their_own_outcomes(tmp_p
 
 
 async def test_a_failed_commit_fails_every_caller_in_it() -> None:
-    async def take(clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
+    async def take(clicks: Sequence[NewClick]) -> list[ClickOutcome]:
         raise StoreError("disk full")
 
-    coalescer = ClickCoalescer(take)
+    coalescer: Coalescer[NewClick, ClickOutcome] = Coalescer(take)
     results = await asyncio.gather(*(coalescer.take(click(f"e-{i}")) for i in range(5)),
                                    return_exceptions=True)  # fmt: skip
     assert all(isinstance(r, StoreError) for r in results)
