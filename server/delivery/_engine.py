@@ -176,21 +176,9 @@ class DeliveryEngine:
         limiter: AccountRateLimiter,
         events: Sequence[OutboxEvent],
     ) -> None:
-        gate = asyncio.Semaphore(self._config.single_concurrency)
-
-        async def send(event: OutboxEvent) -> KlaviyoResult:
-            async with gate:
-                await limiter.acquire(Endpoint.EVENTS)
-                body = build_event(event, record.settings, self._clock())
-                result = await self._client.create_event(key, body)
-                limiter.observe(Endpoint.EVENTS, result)
-                KLAVIYO_RESPONSES.labels(Endpoint.EVENTS.value, result.outcome.value).inc()
-                return result
-
-        results = await asyncio.gather(*(send(e) for e in events))
-        await self._apply(
-            record, Endpoint.EVENTS, [([e], r) for e, r in zip(events, results, strict=True)]
-        )
+        units = [[event] for event in events]
+        results = await self._post(record, key, limiter, Endpoint.EVENTS, units)
+        await self._apply(record, Endpoint.EVENTS, list(zip(units, results, strict=True)))
 
     async def _send_bulk(
         self,
@@ -199,19 +187,8 @@ class DeliveryEngine:
         limiter: AccountRateLimiter,
         events: Sequence[OutboxEvent],
     ) -> None:
-        gate = asyncio.Semaphore(self._config.bulk_concurrency)
         jobs = plan_bulk_jobs(events, record.settings, self._clock())
-
-        async def send(job: list[OutboxEvent]) -> KlaviyoResult:
-            async with gate:
-                await limiter.acquire(Endpoint.BULK)
-                body = build_bulk_job(job, record.settings, self._clock())
-                result = await self._client.create_bulk_job(key, body)
-                limiter.observe(Endpoint.BULK, result)
-                KLAVIYO_RESPONSES.labels(Endpoint.BULK.value, result.outcome.value).inc()
-                return result
-
-        results = await asyncio.gather(*(send(job) for job in jobs))
+        results = await self._post(record, key, limiter, Endpoint.BULK, jobs)
         invalid_jobs = [
             job for job, r in zip(jobs, results, strict=True) if r.outcome is Outcome.INVALID
         ]
@@ -227,6 +204,36 @@ class DeliveryEngine:
         for job in invalid_jobs:
             # Klaviyo refuses a whole job for one bad event: find it by sending one by one.
             await self._send_singles(record, key, limiter, job)
+
+    async def _post(
+        self,
+        record: IntegrationRecord,
+        key: PrivateKey,
+        limiter: AccountRateLimiter,
+        endpoint: Endpoint,
+        units: Sequence[list[OutboxEvent]],
+    ) -> list[KlaviyoResult]:
+        """Send each unit (one event, or one bulk job) within the limiter; one result each."""
+        single = endpoint is Endpoint.EVENTS
+        gate = asyncio.Semaphore(
+            self._config.single_concurrency if single else self._config.bulk_concurrency
+        )
+
+        async def send(unit: list[OutboxEvent]) -> KlaviyoResult:
+            async with gate:
+                await limiter.acquire(endpoint)
+                now = self._clock()
+                if single:
+                    body = build_event(unit[0], record.settings, now)
+                    result = await self._client.create_event(key, body)
+                else:
+                    body = build_bulk_job(unit, record.settings, now)
+                    result = await self._client.create_bulk_job(key, body)
+                limiter.observe(endpoint, result)
+                KLAVIYO_RESPONSES.labels(endpoint.value, result.outcome.value).inc()
+                return result
+
+        return list(await asyncio.gather(*(send(unit) for unit in units)))
 
     async def _apply(
         self,

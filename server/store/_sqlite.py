@@ -151,6 +151,14 @@ def load_settings(conn: sqlite3.Connection) -> dict[str, IntegrationSettings]:
     return {workspace_id: _settings_from_json(text) for workspace_id, text in rows}
 
 
+def _note_error(conn: sqlite3.Connection, workspace_id: str, error: str, now: float) -> None:
+    """Record an integration's latest delivery error (shown by GetIntegration)."""
+    conn.execute(
+        "UPDATE integrations SET last_error = ?, last_error_at = ? WHERE workspace_id = ?",
+        (error, now, workspace_id),
+    )
+
+
 _BUMP_VERSION: Final = "UPDATE meta SET value = value + 1 WHERE key = 'integrations_version'"
 
 
@@ -695,10 +703,7 @@ class SqliteStore:
                    WHERE event_id = ? AND workspace_id = ?""",
                 [(step, next_attempt_at, error, e, workspace_id) for e in event_ids],
             )
-            conn.execute(
-                "UPDATE integrations SET last_error = ?, last_error_at = ? WHERE workspace_id = ?",
-                (error, now, workspace_id),
-            )
+            _note_error(conn, workspace_id, error, now)
 
         await self._call(op, group=True)
 
@@ -711,10 +716,7 @@ class SqliteStore:
                    WHERE event_id = ? AND workspace_id = ?""",
                 [(FAILED, error, now, e, workspace_id) for e in event_ids],
             )
-            conn.execute(
-                "UPDATE integrations SET last_error = ?, last_error_at = ? WHERE workspace_id = ?",
-                (error, now, workspace_id),
-            )
+            _note_error(conn, workspace_id, error, now)
 
         await self._call(op, group=True)
 
