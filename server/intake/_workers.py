@@ -19,8 +19,11 @@ import asyncio
 import multiprocessing
 import os
 import sqlite3
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Final
 
 import structlog
 from elido.forwarder.v1 import forwarder_pb2 as pb
@@ -81,11 +84,22 @@ class _Worker:
 
 
 _worker: _Worker | None = None
+_PARENT_CHECK_S: Final = 0.5
 
 
 def _init(config: SqliteConfig) -> None:
     global _worker  # one per worker process, set by the pool's initializer
     _worker = _Worker(config)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A worker blocks reading its task pipe, and holds that pipe's write end too, so it never
+    # sees EOF when the server dies (SIGKILL, out of memory). Without this it would live on,
+    # holding the database open. An unacked batch it was committing is simply rolled back.
+    while os.getppid() == parent:
+        time.sleep(_PARENT_CHECK_S)
+    os._exit(0)
 
 
 def _take(raw: bytes, now: float) -> BatchResult:

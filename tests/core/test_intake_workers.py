@@ -78,3 +78,18 @@ async def test_sigkill_of_an_intake_worker_mid_stream_loses_nothing(forwarder_fa
     while len(intake_workers(fwd.process.pid)) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls /proc: no event to wait on
         await asyncio.sleep(0.1)
     assert not set(victims) & set(intake_workers(fwd.process.pid))
+
+
+def test_workers_exit_when_the_server_is_killed(forwarder_factory) -> None:  # type: ignore[no-untyped-def]
+    fwd: ForwarderProcess = forwarder_factory(env={"FORWARDER_INTAKE_WORKERS": "2"})
+    assert fwd.process is not None
+    workers = intake_workers(fwd.process.pid)
+    assert len(workers) == 2
+    fwd.kill()  # SIGKILL: no shutdown code runs in the server
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                 and b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()]  # fmt: skip
+    assert not alive, f"orphaned intake workers: {alive}"
