@@ -9,8 +9,6 @@ a precise reason instead of travelling.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import time
@@ -18,26 +16,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from elido.forwarder.v1 import forwarder_pb2
+
+from server.intake._syntax import (
+    EVENT_ID,
+    MAX_EXTERNAL_ID,
+    PHONE_PATTERN,
+    WORKSPACE_ID,
+    email_from_parameter,
+    kx_from_parameter,
+)
 
 from ._config import ExtractConfig
 from ._ids import UlidGenerator, derived_ulid
 
-CLICK_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-WORKSPACE_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-# A pragmatic address syntax: dot-atom local part, at least two domain labels.
-EMAIL_RE: Final = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}"
-)
-E164_RE: Final = re.compile(r"\+[1-9][0-9]{1,14}")
-KX_RE: Final = re.compile(r"[A-Za-z0-9_.=+/-]{1,512}")
+# The server's own syntax rules: an identifier it would refuse must not leave the edge.
+CLICK_ID_RE: Final = EVENT_ID
+WORKSPACE_ID_RE: Final = WORKSPACE_ID
 MAX_URL_BYTES: Final = 8 * 1024
 MAX_USER_AGENT_BYTES: Final = 1024
 MAX_REFERRER_BYTES: Final = 2 * 1024
-MAX_EXTERNAL_ID_CHARS: Final = 255
+MAX_EXTERNAL_ID_CHARS: Final = MAX_EXTERNAL_ID
 MIN_TIME: Final = datetime.fromisoformat("2000-01-01T00:00:00+00:00").timestamp()
 ONE_YEAR_S: Final = 366 * 24 * 3600.0
 
@@ -164,31 +165,9 @@ def _fingerprint(record: Mapping[str, Any]) -> bytes:
         return repr(sorted(record.items(), key=str)).encode("utf-8", "replace")
 
 
-def _b64_decode(value: str) -> str:
-    compact = value.strip().replace(" ", "+")
-    padded = compact + "=" * (-len(compact) % 4)
-    for decoder in (base64.b64decode, base64.urlsafe_b64decode):
-        try:
-            raw = decoder(padded.encode("ascii"))
-            return raw.decode("utf-8")
-        except (binascii.Error, ValueError, UnicodeError):
-            continue
-    return ""
-
-
 def normalize_email(value: str) -> str:
     """The address in ``value`` (plain, URL-encoded or base64), or "" if none is valid."""
-    candidate = value.strip()
-    if "%" in candidate:
-        # Encoded twice (a `|urlencode` value inside an already-encoded link).
-        candidate = unquote(candidate)
-    if "@" not in candidate:
-        candidate = _b64_decode(candidate).strip()
-    # A raw `+` in an unencoded address arrives as a space after query decoding.
-    candidate = candidate.replace(" ", "+")
-    if len(candidate) <= 254 and EMAIL_RE.fullmatch(candidate):
-        return candidate
-    return ""
+    return email_from_parameter(value)
 
 
 def normalize_phone(value: str) -> str:
@@ -198,7 +177,7 @@ def normalize_phone(value: str) -> str:
         # `+14155550100` unencoded in a query string arrives as ` 14155550100`.
         candidate = "+" + candidate
     candidate = re.sub(r"[\s().-]", "", candidate)
-    return candidate if E164_RE.fullmatch(candidate) else ""
+    return candidate if PHONE_PATTERN.fullmatch(candidate) else ""
 
 
 class Extractor:
@@ -260,12 +239,22 @@ class Extractor:
             record, mapping, "email", query, config.email_parameters, normalize_email, invalid
         )
         phone = self._identifier(
-            record, mapping, "phone_number", query, config.phone_parameters, normalize_phone,
+            record,
+            mapping,
+            "phone_number",
+            query,
+            config.phone_parameters,
+            normalize_phone,
             invalid,
         )
         external_id = self._identifier(
-            record, mapping, "external_id", query, config.external_id_parameters,
-            self._normalize_external_id, invalid,
+            record,
+            mapping,
+            "external_id",
+            query,
+            config.external_id_parameters,
+            self._normalize_external_id,
+            invalid,
         )
         kx_params = (config.kx_parameter,) if config.kx_parameter else ()
         kx = self._identifier(record, mapping, "kx", query, kx_params, self._normalize_kx, invalid)
@@ -315,9 +304,7 @@ class Extractor:
 
     @staticmethod
     def _normalize_kx(value: str) -> str:
-        # Base64-like: a `+` mangled into a space is repaired like the email's.
-        value = value.strip().replace(" ", "+")
-        return value if KX_RE.fullmatch(value) else ""
+        return kx_from_parameter(value)
 
     @staticmethod
     def _identifier(

@@ -19,17 +19,17 @@ from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.protobuf import json_format, timestamp_pb2
 
 from server._errors import Violation
-from server.intake._identifiers import (
+from server.intake._identifiers import UTM_KEY_PATTERN, facts_from_url
+from server.intake._syntax import (
+    EVENT_ID,
     KX_PATTERN,
+    MAX_EXTERNAL_ID,
     PHONE_PATTERN,
-    UTM_KEY_PATTERN,
-    facts_from_url,
+    WORKSPACE_ID,
     is_email,
 )
 from server.store._records import Identifiers, IntegrationSettings, NewClick, NewConversion
 
-WORKSPACE_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-EVENT_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 CURRENCY: Final = re.compile(r"[A-Z]{3}")
 MIN_TIME: Final = 946684800.0  # 2000-01-01T00:00:00Z
 MAX_AHEAD_S: Final = 365 * 86400.0
@@ -37,7 +37,6 @@ MAX_URL: Final = 8192
 MAX_USER_AGENT: Final = 1024
 MAX_REFERRER: Final = 2048
 MAX_LINK_ID: Final = 256
-MAX_EXTERNAL_ID: Final = 256
 MAX_UTM: Final = 32
 MAX_UTM_VALUE: Final = 1024
 MAX_PROPERTIES: Final = 290  # Klaviyo's 300, less the properties the forwarder adds itself.

@@ -71,7 +71,9 @@ def test_every_utm_parameter_is_kept_but_identifier_parameters_are_not() -> None
     )
     click = extract(record).click
     assert dict(click.utm_parameters) == {
-        "utm_source": "kl", "utm_medium": "email", "utm_campaign": "Black Friday",
+        "utm_source": "kl",
+        "utm_medium": "email",
+        "utm_campaign": "Black Friday",
         "utm_custom1": "x",
     }
     assert click.identifiers.email == "ann@example.com"
@@ -140,8 +142,12 @@ def test_bad_fields_are_skipped_with_a_reason(overrides: dict[str, Any], reason:
 
 
 def test_epoch_times_and_truncation() -> None:
-    record = click_record(1, click_time=str(NOW - 3.25), user_agent="é" * 2000,
-                          referrer="https://r.example/" + "x" * 3000)
+    record = click_record(
+        1,
+        click_time=str(NOW - 3.25),
+        user_agent="é" * 2000,
+        referrer="https://r.example/" + "x" * 3000,
+    )
     click = extract(record).click
     assert click.click_time.seconds == int(NOW - 4)
     assert click.click_time.nanos == 750_000_000
@@ -158,9 +164,41 @@ def test_not_an_object() -> None:
 
 
 def test_field_mapping_reads_nested_log_fields() -> None:
-    record = {"ws": "w1", "resp": {"location": "https://a.example/?email=z@y.io"},
-              "time": "2026-11-27T10:00:00+00:00", "ua": "-"}
-    mapping = {"workspace_id": "ws", "destination_url": "resp.location", "click_time": "time",
-               "user_agent": "ua"}
+    record = {
+        "ws": "w1",
+        "resp": {"location": "https://a.example/?email=z@y.io"},
+        "time": "2026-11-27T10:00:00+00:00",
+        "ua": "-",
+    }
+    mapping = {
+        "workspace_id": "ws",
+        "destination_url": "resp.location",
+        "click_time": "time",
+        "user_agent": "ua",
+    }
     click = Extractor(ExtractConfig()).extract(record, mapping, now=NOW).click
     assert (click.workspace_id, click.identifiers.email, click.user_agent) == ("w1", "z@y.io", "")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "email=jane+vip@example.com",
+        "email=amFuZUBleGFtcGxlLmNvbQ==",
+        "email=jane%252Bvip%2540example.com",
+        "_kx=abc.DEF123",
+        "_kx=Ab%2Bcd%3D%3D.XyZ123",
+        "phone=+14155550100",
+        "phone=%2B44%2020%207946%200958",
+        "external_id=" + "x" * 256,
+    ],
+)
+def test_identifiers_the_edge_keeps_are_ones_the_server_accepts(query: str) -> None:
+    from server.intake._validation import validate_click
+
+    click = extract(with_query(query)).click
+    assert any(
+        getattr(click.identifiers, f) for f in ("email", "phone_number", "external_id", "kx")
+    )
+    checked = validate_click(click, "click", lambda _ws: None)
+    assert not isinstance(checked, list), checked
