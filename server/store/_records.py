@@ -85,29 +85,6 @@ class Identifiers:
             attributes["_kx"] = self.kx
         return attributes
 
-    def to_dict(self) -> dict[str, str]:
-        """A compact dict for storage (absent identifiers left out)."""
-        return {
-            k: v
-            for k, v in (
-                ("email", self.email),
-                ("phone_number", self.phone_number),
-                ("external_id", self.external_id),
-                ("kx", self.kx),
-            )
-            if v
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, str]) -> Identifiers:
-        """The inverse of :meth:`to_dict`."""
-        return cls(
-            email=data.get("email", ""),
-            phone_number=data.get("phone_number", ""),
-            external_id=data.get("external_id", ""),
-            kx=data.get("kx", ""),
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class IntegrationSettings:
