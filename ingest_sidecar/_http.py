@@ -32,10 +32,17 @@ log = structlog.get_logger(__name__)
 MAX_HEADER_BYTES: Final = 32 * 1024
 SOURCE: Final = "http"
 _REASONS: Final = {
-    200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
-    413: "Content Too Large", 431: "Request Header Fields Too Large",
-    501: "Not Implemented", 503: "Service Unavailable",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    503: "Service Unavailable",
 }
 
 
@@ -112,7 +119,9 @@ class HttpServer:
                 await writer.wait_closed()
 
     async def _one_request(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
         task: asyncio.Task[None],
     ) -> bool:
         try:
@@ -150,8 +159,9 @@ class HttpServer:
         path = path.split("?", 1)[0]
         if path in ("/v1/clicks", "/clicks"):
             if method != "POST":
-                await self._respond(writer, 405, {"error": "use POST"}, keep_alive,
-                                    extra={"Allow": "POST"})
+                await self._respond(
+                    writer, 405, {"error": "use POST"}, keep_alive, extra={"Allow": "POST"}
+                )
                 return keep_alive
             status, payload, extra = await self._post_clicks(body)
             await self._respond(writer, status, payload, keep_alive, extra=extra)
@@ -160,8 +170,11 @@ class HttpServer:
             await self._respond(writer, 200 if ok else 503, details, keep_alive)
         elif path == "/metrics" and method in ("GET", "HEAD"):
             await self._respond_raw(
-                writer, 200, self._metrics.exposition(),
-                "text/plain; version=0.0.4; charset=utf-8", keep_alive,
+                writer,
+                200,
+                self._metrics.exposition(),
+                "text/plain; version=0.0.4; charset=utf-8",
+                keep_alive,
             )
         else:
             await self._respond(writer, 404, {"error": "not found"}, keep_alive)
@@ -222,11 +235,15 @@ class HttpServer:
         except OSError as exc:
             log.error("spool_write_failed", error=str(exc))
             return 503, {"error": "spool unavailable"}, retry
-        return 202, {
-            "accepted": len(payloads),
-            "skipped": sum(skipped.values()),
-            "reasons": dict(skipped),
-        }, {}
+        return (
+            202,
+            {
+                "accepted": len(payloads),
+                "skipped": sum(skipped.values()),
+                "reasons": dict(skipped),
+            },
+            {},
+        )
 
     def _records(self, body: bytes, skipped: Counter[str]) -> list[Any]:
         stripped = body.lstrip()

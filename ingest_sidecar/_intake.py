@@ -29,8 +29,7 @@ class Intake:
         self._metrics.dropped.labels(source, reason).inc()
         if reason != "anonymous":
             # Anonymous clicks are routine, not bad input: counted only.
-            self._limiter.warning("input_skipped", reason, source=source, detail=detail,
-                                  **context)
+            self._limiter.warning("input_skipped", reason, source=source, detail=detail, **context)
 
     def prepare(
         self,

@@ -18,37 +18,47 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self.accepted = Counter(
-            f"{PREFIX}_accepted_clicks", "Clicks extracted from input and handed to the spool.",
-            ["source"], registry=r,
+            f"{PREFIX}_accepted_clicks",
+            "Clicks extracted from input and handed to the spool.",
+            ["source"],
+            registry=r,
         )
         self.spooled = Counter(
-            f"{PREFIX}_spooled_clicks", "Clicks durably written to the spool (fsync done).",
+            f"{PREFIX}_spooled_clicks",
+            "Clicks durably written to the spool (fsync done).",
             registry=r,
         )
         self.sent = Counter(
             f"{PREFIX}_sent_clicks", "Clicks sent on StreamClicks (re-sends included).", registry=r
         )
         self.acked = Counter(
-            f"{PREFIX}_acked_clicks", "Clicks acknowledged by the forwarder, by disposition.",
-            ["disposition"], registry=r,
+            f"{PREFIX}_acked_clicks",
+            "Clicks acknowledged by the forwarder, by disposition.",
+            ["disposition"],
+            registry=r,
         )
         self.dropped = Counter(
             f"{PREFIX}_dropped_records",
             "Input records or spooled clicks dropped, by reason (bad input, anonymous, "
             "spool full, rejected by the server, ...).",
-            ["source", "reason"], registry=r,
+            ["source", "reason"],
+            registry=r,
         )
         self.invalid_identifiers = Counter(
-            f"{PREFIX}_invalid_identifiers", "Identifiers found in a click but invalid, ignored.",
-            ["kind"], registry=r,
+            f"{PREFIX}_invalid_identifiers",
+            "Identifiers found in a click but invalid, ignored.",
+            ["kind"],
+            registry=r,
         )
-        self.spool_bytes = Gauge(f"{PREFIX}_spool_bytes", "Bytes of spool segments on disk.",
-                                 registry=r)
+        self.spool_bytes = Gauge(
+            f"{PREFIX}_spool_bytes", "Bytes of spool segments on disk.", registry=r
+        )
         self.spool_full_waits = Counter(
             f"{PREFIX}_spool_full_waits", "Appends that had to wait for spool space.", registry=r
         )
         self.lag_clicks = Gauge(
-            f"{PREFIX}_lag_clicks", "Spooled clicks not yet acknowledged by the forwarder.",
+            f"{PREFIX}_lag_clicks",
+            "Spooled clicks not yet acknowledged by the forwarder.",
             registry=r,
         )
         self.lag_seconds = Gauge(
@@ -60,8 +70,10 @@ class Metrics:
             f"{PREFIX}_stream_connected", "1 while a StreamClicks stream is open.", registry=r
         )
         self.stream_reconnects = Counter(
-            f"{PREFIX}_stream_reconnects", "StreamClicks streams that ended and were retried.",
-            ["reason"], registry=r,
+            f"{PREFIX}_stream_reconnects",
+            "StreamClicks streams that ended and were retried.",
+            ["reason"],
+            registry=r,
         )
         self.inflight_batches = Gauge(
             f"{PREFIX}_inflight_batches", "Batches sent and not yet acknowledged.", registry=r

@@ -155,9 +155,7 @@ class Spool:
     def _recover(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
         bases = sorted(
-            int(p.name[4:-4])
-            for p in self._dir.glob("seg-*.log")
-            if p.name[4:-4].isdigit()
+            int(p.name[4:-4]) for p in self._dir.glob("seg-*.log") if p.name[4:-4].isdigit()
         )
         cursor = self._read_cursor()
         if cursor is not None:
@@ -170,8 +168,12 @@ class Spool:
             valid, count = _scan(path)
             if valid < size:
                 # A torn write after a crash, or corruption: everything after it is unusable.
-                log.warning("spool_segment_cut", segment=path.name, valid_bytes=valid,
-                            cut_bytes=size - valid)
+                log.warning(
+                    "spool_segment_cut",
+                    segment=path.name,
+                    valid_bytes=valid,
+                    cut_bytes=size - valid,
+                )
                 self._metrics.dropped.labels("spool", "corrupt_tail").inc()
                 with path.open("r+b") as f:
                     f.truncate(valid)
@@ -182,8 +184,12 @@ class Spool:
             self._next_seq = max(self._next_seq, base + count)
         if cursor is not None and cursor.segment in self._segments:
             seg = self._segments[cursor.segment]
-            self._ack = cursor if cursor.offset <= seg.size else Position(
-                seg.end_seq if seg.end_seq is not None else self._next_seq, seg.base, seg.size
+            self._ack = (
+                cursor
+                if cursor.offset <= seg.size
+                else Position(
+                    seg.end_seq if seg.end_seq is not None else self._next_seq, seg.base, seg.size
+                )
             )
         elif self._segments:
             first = next(iter(self._segments.values()))
@@ -207,8 +213,13 @@ class Spool:
         self._gc()
         self._metrics.spool_bytes.set(self._total_bytes)
         self._update_lag()
-        log.info("spool_opened", directory=str(self._dir), segments=len(self._segments),
-                 unacked=self._durable.seq - self._ack.seq, bytes=self._total_bytes)
+        log.info(
+            "spool_opened",
+            directory=str(self._dir),
+            segments=len(self._segments),
+            unacked=self._durable.seq - self._ack.seq,
+            bytes=self._total_bytes,
+        )
 
     def _open_segment(self, base: int) -> None:
         path = _segment_path(self._dir, base)

@@ -165,8 +165,12 @@ class Streamer:
                     backoff = self._config.backoff_initial_s
                 # Full jitter: many sidecars losing one forwarder must not return in lockstep.
                 delay = random.uniform(0, backoff)  # noqa: S311 - jitter, not cryptography.
-                log.info("stream_reconnecting", reason=reason, delay_s=round(delay, 3),
-                         unacked=self._spool.unacked)
+                log.info(
+                    "stream_reconnecting",
+                    reason=reason,
+                    delay_s=round(delay, 3),
+                    unacked=self._spool.unacked,
+                )
                 backoff = min(backoff * 2, self._config.backoff_max_s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), delay)
@@ -211,9 +215,7 @@ class Streamer:
         sender = asyncio.create_task(self._send_loop(call), name="stream-send")
         receiver = asyncio.create_task(self._receive_loop(call), name="stream-receive")
         try:
-            done, _ = await asyncio.wait(
-                {sender, receiver}, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
             if not self._stopping:

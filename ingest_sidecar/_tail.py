@@ -59,7 +59,11 @@ class Tailer:
     """Follows ``config.path``; :meth:`run` until cancelled or :meth:`stop`."""
 
     def __init__(
-        self, config: TailConfig, checkpoint: Path, intake: Intake, metrics: Metrics,
+        self,
+        config: TailConfig,
+        checkpoint: Path,
+        intake: Intake,
+        metrics: Metrics,
         rotate_wait_s: float = ROTATE_WAIT_S,
     ) -> None:
         self._config = config
@@ -211,8 +215,13 @@ class Tailer:
             return True
         size = os.fstat(current.fd).st_size
         if size < current.offset:
-            log.info("tail_rotated", kind="truncate", path=str(self._path),
-                     lost_offset=current.offset, size=size)
+            log.info(
+                "tail_rotated",
+                kind="truncate",
+                path=str(self._path),
+                lost_offset=current.offset,
+                size=size,
+            )
             current.offset = 0
             current.skipping = False
             self._save_checkpoint(current)

@@ -63,20 +63,26 @@ class FakeForwarder(forwarder_pb2_grpc.ForwarderServiceServicer):
                 self.received.wire[click.click_id] += 1
                 problem = self.reject(click)
                 if problem:
-                    results.append(forwarder_pb2.ClickResult(
-                        click_id=click.click_id,
-                        disposition=forwarder_pb2.CLICK_DISPOSITION_REJECTED,
-                        field_violations=[forwarder_pb2.FieldViolation(
-                            field="clicks[0].destination_url", description=problem)],
-                    ))
+                    results.append(
+                        forwarder_pb2.ClickResult(
+                            click_id=click.click_id,
+                            disposition=forwarder_pb2.CLICK_DISPOSITION_REJECTED,
+                            field_violations=[
+                                forwarder_pb2.FieldViolation(
+                                    field="clicks[0].destination_url", description=problem
+                                )
+                            ],
+                        )
+                    )
                     continue
                 if click.click_id in self.received.clicks:
                     disposition = forwarder_pb2.CLICK_DISPOSITION_DUPLICATE
                 else:
                     self.received.clicks[click.click_id] = click
                     disposition = forwarder_pb2.CLICK_DISPOSITION_QUEUED
-                results.append(forwarder_pb2.ClickResult(
-                    click_id=click.click_id, disposition=disposition))
+                results.append(
+                    forwarder_pb2.ClickResult(click_id=click.click_id, disposition=disposition)
+                )
             self.received.batches.append(request.batch_id)
             self.received.batch_sizes.append(len(request.clicks))
             yield forwarder_pb2.StreamClicksResponse(batch_id=request.batch_id, results=results)

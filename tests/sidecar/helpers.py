@@ -32,14 +32,25 @@ def make_config(
 ) -> SidecarConfig:
     return SidecarConfig(
         http=HttpConfig(port=0, **(http or {})),
-        spool=SpoolConfig(directory=str(tmp / "spool"), **{
-            "segment_bytes": 64 * 1024, "max_bytes": 8 * 1024 * 1024, "fsync_interval_ms": 2.0,
-            **(spool or {}),
-        }),
-        stream=StreamConfig(target=target, token=Secret("t0ken-ingest"), **{
-            "batch_linger_ms": 5.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.5,
-            **(stream or {}),
-        }),
+        spool=SpoolConfig(
+            directory=str(tmp / "spool"),
+            **{
+                "segment_bytes": 64 * 1024,
+                "max_bytes": 8 * 1024 * 1024,
+                "fsync_interval_ms": 2.0,
+                **(spool or {}),
+            },
+        ),
+        stream=StreamConfig(
+            target=target,
+            token=Secret("t0ken-ingest"),
+            **{
+                "batch_linger_ms": 5.0,
+                "backoff_initial_s": 0.05,
+                "backoff_max_s": 0.5,
+                **(stream or {}),
+            },
+        ),
         tail=TailConfig(**(tail or {})),
         extract=ExtractConfig(**(extract or {})),
         shutdown_grace_s=2.0,
@@ -67,8 +78,12 @@ async def http_request(
     """One HTTP/1.1 request on a fresh connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
-                f"Content-Length: {len(body)}"]
+        head = [
+            f"{method} {path} HTTP/1.1",
+            "Host: 127.0.0.1",
+            "Connection: close",
+            f"Content-Length: {len(body)}",
+        ]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         await writer.drain()
@@ -87,8 +102,9 @@ async def http_request(
 
 async def post_clicks(port: int, records: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
     body = "\n".join(json.dumps(r) for r in records).encode()
-    status, _, payload = await http_request(port, "POST", "/v1/clicks", body,
-                                            {"Content-Type": "application/x-ndjson"})
+    status, _, payload = await http_request(
+        port, "POST", "/v1/clicks", body, {"Content-Type": "application/x-ndjson"}
+    )
     return status, json.loads(payload)
 
 

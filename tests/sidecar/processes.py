@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class SidecarProcess:
     """``python -m ingest_sidecar --config ...`` with a spool under ``tmp``."""
 
-    def __init__(self, tmp: Path, target: str, name: str, token: str = "ingest-token",
-                 extra_toml: str = "") -> None:
+    def __init__(
+        self, tmp: Path, target: str, name: str, token: str = "ingest-token", extra_toml: str = ""
+    ) -> None:
         self.tmp = tmp
         self.log = tmp / f"{name}.log"
         config = tmp / "sidecar.toml"
@@ -32,12 +33,12 @@ class SidecarProcess:
 host = "127.0.0.1"
 port = 0
 [spool]
-directory = "{tmp / 'spool'}"
+directory = "{tmp / "spool"}"
 segment_bytes = 65536
 max_bytes = 16777216
 [stream]
 target = "{target}"
-token_file = "{tmp / 'token'}"
+token_file = "{tmp / "token"}"
 batch_max_clicks = 50
 batch_linger_ms = 5
 backoff_initial_s = 0.05
@@ -49,7 +50,10 @@ backoff_max_s = 0.5
         with self.log.open("wb") as stderr:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ingest_sidecar", "--config", str(config)],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
             )
         self.port = 0
 

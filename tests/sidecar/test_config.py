@@ -11,11 +11,11 @@ def test_toml_with_environment_overrides(tmp_path: Path) -> None:
     path.write_text(f"""
 shutdown_grace_s = 2.5
 [spool]
-directory = "{tmp_path / 'spool'}"
+directory = "{tmp_path / "spool"}"
 full_policy = "drop_oldest"
 [stream]
 target = "fwd:50051"
-token_file = "{tmp_path / 'token'}"
+token_file = "{tmp_path / "token"}"
 batch_max_clicks = 200
 [extract]
 email_parameters = ["e"]
@@ -24,12 +24,15 @@ path = "/var/log/x.json"
 [tail.fields]
 workspace_id = "ws"
 """)
-    config = load_config(path, env={
-        "ELIDO_SIDECAR_STREAM_BATCH_MAX_CLICKS": "300",
-        "ELIDO_SIDECAR_EXTRACT_FORWARD_ANONYMOUS": "true",
-        "ELIDO_SIDECAR_EXTRACT_PHONE_PARAMETERS": "tel, mobile",
-        "ELIDO_SIDECAR_TAIL_FIELDS": "workspace_id=w,click_id=id",
-    })
+    config = load_config(
+        path,
+        env={
+            "ELIDO_SIDECAR_STREAM_BATCH_MAX_CLICKS": "300",
+            "ELIDO_SIDECAR_EXTRACT_FORWARD_ANONYMOUS": "true",
+            "ELIDO_SIDECAR_EXTRACT_PHONE_PARAMETERS": "tel, mobile",
+            "ELIDO_SIDECAR_TAIL_FIELDS": "workspace_id=w,click_id=id",
+        },
+    )
     assert config.shutdown_grace_s == 2.5
     assert config.spool.full_policy is FullPolicy.DROP_OLDEST
     assert config.stream.batch_max_clicks == 300

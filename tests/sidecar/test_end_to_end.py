@@ -27,12 +27,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def setup(forwarder_factory: Any, mock: KlaviyoMockThread, account: str) -> tuple[
-    ForwarderProcess, str
-]:
+def setup(
+    forwarder_factory: Any, mock: KlaviyoMockThread, account: str
+) -> tuple[ForwarderProcess, str]:
     # A fixed port, so that the restarted forwarder is where the sidecar dials.
     fwd: ForwarderProcess = forwarder_factory(
-        klaviyo_url=mock.base_url, env={"FORWARDER_LISTEN": f"127.0.0.1:{free_port()}"})
+        klaviyo_url=mock.base_url, env={"FORWARDER_LISTEN": f"127.0.0.1:{free_port()}"}
+    )
     key, ws = "pk_" + secrets.token_hex(17), new_workspace_id()
     mock.add_key(key, account)
     fwd.stub().RegisterIntegration(
@@ -53,18 +54,27 @@ async def test_clicks_reach_the_klaviyo_timeline(
     now = time.time()
     sidecar = SidecarProcess(tmp_path, fwd.target, "sidecar", token=fwd.ingest_token)
     try:
-        burst = Burst(lambda i: click_record(
-            i, workspace_id=ws, click_time=now - 5, click_id=None,
-            destination_url=(f"https://shop.example/p?utm_source=klaviyo&utm_campaign=bf"
-                             f"&elido_click_id=e2e-{i}&email=user{i}%2Btag%40example.com")),
-            id_of=lambda r: parse_qs(urlsplit(r["destination_url"]).query)["elido_click_id"][0])
+        burst = Burst(
+            lambda i: click_record(
+                i,
+                workspace_id=ws,
+                click_time=now - 5,
+                click_id=None,
+                destination_url=(
+                    f"https://shop.example/p?utm_source=klaviyo&utm_campaign=bf"
+                    f"&elido_click_id=e2e-{i}&email=user{i}%2Btag%40example.com"
+                ),
+            ),
+            id_of=lambda r: parse_qs(urlsplit(r["destination_url"]).query)["elido_click_id"][0],
+        )
         burst.start(await sidecar.wait_listening())
         await wait_for(lambda: len(burst.accepted) >= 200, within_s=20)
         await burst.stop()
         await sidecar.wait_caught_up()
         await asyncio.to_thread(
-            wait_for_sync, lambda: set(timeline_ids(klaviyo_mock_thread, "acct-sidecar"))
-            >= burst.accepted)
+            wait_for_sync,
+            lambda: set(timeline_ids(klaviyo_mock_thread, "acct-sidecar")) >= burst.accepted,
+        )
     finally:
         assert sidecar.terminate() == 0
     events = {e.unique_id: e for e in klaviyo_mock_thread.timeline("acct-sidecar")}
@@ -89,9 +99,14 @@ async def test_sigkill_of_sidecar_and_forwarder_mid_stream_loses_and_duplicates_
 ) -> None:
     fwd, ws = setup(forwarder_factory, klaviyo_mock_thread, "acct-faults")
     now = time.time()
-    burst = Burst(lambda i: click_record(
-        i, workspace_id=ws, click_time=now - 5,
-        destination_url=f"https://shop.example/p?email=u{i % 50}%40example.com"))
+    burst = Burst(
+        lambda i: click_record(
+            i,
+            workspace_id=ws,
+            click_time=now - 5,
+            destination_url=f"https://shop.example/p?email=u{i % 50}%40example.com",
+        )
+    )
     sidecar = SidecarProcess(tmp_path, fwd.target, "first", token=fwd.ingest_token)
     burst.start(await sidecar.wait_listening())
     await wait_for(lambda: len(burst.accepted) >= 1500, within_s=30)
@@ -108,7 +123,8 @@ async def test_sigkill_of_sidecar_and_forwarder_mid_stream_loses_and_duplicates_
         await sidecar.wait_caught_up(within_s=60)
         await asyncio.to_thread(
             wait_for_sync,
-            lambda: set(timeline_ids(klaviyo_mock_thread, "acct-faults")) >= burst.accepted)
+            lambda: set(timeline_ids(klaviyo_mock_thread, "acct-faults")) >= burst.accepted,
+        )
     finally:
         assert sidecar.terminate() == 0
     ids = timeline_ids(klaviyo_mock_thread, "acct-faults")
@@ -146,6 +162,7 @@ async def test_sidecar_streams_over_mutual_tls(
         assert status == 202
         await sidecar.wait_caught_up()
         await asyncio.to_thread(
-            wait_for_sync, lambda: len(timeline_ids(klaviyo_mock_thread, "acct-mtls")) == 20)
+            wait_for_sync, lambda: len(timeline_ids(klaviyo_mock_thread, "acct-mtls")) == 20
+        )
     finally:
         assert sidecar.terminate() == 0

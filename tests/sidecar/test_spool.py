@@ -9,7 +9,9 @@ from ingest_sidecar import FullPolicy, Metrics, Spool, SpoolConfig, SpoolFull
 
 def config(tmp: Path, **overrides: object) -> SpoolConfig:
     values: dict[str, object] = {
-        "directory": str(tmp / "spool"), "segment_bytes": 4096, "max_bytes": 64 * 1024,
+        "directory": str(tmp / "spool"),
+        "segment_bytes": 4096,
+        "max_bytes": 64 * 1024,
         "fsync_interval_ms": 1.0,
     }
     values.update(overrides)
@@ -79,8 +81,7 @@ async def test_segments_are_deleted_only_when_fully_acked(tmp_path: Path) -> Non
 
 
 async def test_a_torn_tail_is_cut_on_restart(tmp_path: Path) -> None:
-    spool = await Spool.open(config(tmp_path, segment_bytes=1 << 20, max_bytes=4 << 20),
-                             Metrics())
+    spool = await Spool.open(config(tmp_path, segment_bytes=1 << 20, max_bytes=4 << 20), Metrics())
     await spool.append([payload(i) for i in range(10)])
     await spool.close()
     [segment] = (tmp_path / "spool").glob("seg-*.log")
@@ -91,8 +92,12 @@ async def test_a_torn_tail_is_cut_on_restart(tmp_path: Path) -> None:
     metrics = Metrics()
     spool = await Spool.open(config(tmp_path, segment_bytes=1 << 20, max_bytes=4 << 20), metrics)
     assert segment.stat().st_size == len(whole)
-    assert metric(metrics, "elido_sidecar_dropped_records_total", source="spool",
-                  reason="corrupt_tail") == 1
+    assert (
+        metric(
+            metrics, "elido_sidecar_dropped_records_total", source="spool", reason="corrupt_tail"
+        )
+        == 1
+    )
     await spool.append([payload(10)])
     assert await read_all(spool, 11) == [payload(i) for i in range(11)]
     await spool.close()
@@ -127,8 +132,10 @@ async def test_full_spool_blocks_until_acks_free_space(tmp_path: Path) -> None:
     _, end = await reader.read(35, 0.0)
     spool.ack(end)
     await asyncio.wait_for(blocked, 2.0)
-    assert metric(metrics, "elido_sidecar_dropped_records_total", source="spool",
-                  reason="spool_full") == 0
+    assert (
+        metric(metrics, "elido_sidecar_dropped_records_total", source="spool", reason="spool_full")
+        == 0
+    )
     assert spool.unacked == 105 + 20
     reader.close()
     await spool.close()
@@ -142,8 +149,10 @@ async def test_drop_oldest_policy_discards_and_counts(tmp_path: Path) -> None:
     for i in range(0, 175, 35):
         await asyncio.wait_for(spool.append([payload(j) for j in range(i, i + 35)]), 1.0)
     assert spool.total_bytes <= 16 * 1024
-    assert metric(metrics, "elido_sidecar_dropped_records_total", source="spool",
-                  reason="spool_full") == 35
+    assert (
+        metric(metrics, "elido_sidecar_dropped_records_total", source="spool", reason="spool_full")
+        == 35
+    )
     got = await read_all(spool, 140)
     assert got == [payload(i) for i in range(35, 175)]
     await spool.close()

@@ -17,8 +17,9 @@ async def test_batches_are_bounded_and_the_window_is_respected(tmp_path: Path) -
     server = FakeServer()
     await server.start()
     server.servicer.hold_acks.clear()
-    sidecar = Sidecar(make_config(tmp_path, server.target,
-                                  stream={"batch_max_clicks": 7, "window_batches": 3}))
+    sidecar = Sidecar(
+        make_config(tmp_path, server.target, stream={"batch_max_clicks": 7, "window_batches": 3})
+    )
     await sidecar.start()
     try:
         status, _ = await post_clicks(sidecar.http_port, [click_record(i) for i in range(100)])
@@ -38,9 +39,7 @@ async def test_batches_are_bounded_and_the_window_is_respected(tmp_path: Path) -
 
 async def test_rejected_clicks_are_counted_and_never_resent(tmp_path: Path) -> None:
     server = FakeServer()
-    server.servicer.reject = (
-        lambda click: "bad" if click.click_id.endswith("3") else ""
-    )
+    server.servicer.reject = lambda click: "bad" if click.click_id.endswith("3") else ""
     await server.start()
     sidecar = Sidecar(make_config(tmp_path, server.target))
     await sidecar.start()
@@ -48,8 +47,12 @@ async def test_rejected_clicks_are_counted_and_never_resent(tmp_path: Path) -> N
         await post_clicks(sidecar.http_port, [click_record(i) for i in range(30)])
         await wait_for(lambda: sidecar.spool is not None and sidecar.spool.unacked == 0)
         assert len(server.received.clicks) == 27
-        assert sample(sidecar, "elido_sidecar_dropped_records_total",
-                      source="stream", reason="rejected") == 3
+        assert (
+            sample(
+                sidecar, "elido_sidecar_dropped_records_total", source="stream", reason="rejected"
+            )
+            == 3
+        )
         assert sample(sidecar, "elido_sidecar_acked_clicks_total", disposition="queued") == 27
         await asyncio.sleep(0.1)
         assert max(server.received.wire.values()) == 1
@@ -69,8 +72,7 @@ async def test_stream_failures_resend_unacked_batches(tmp_path: Path) -> None:
         await wait_for(lambda: len(server.received.clicks) >= 20)
         server.servicer.fail_after = None
         await wait_for(lambda: len(server.received.clicks) == 100)
-        assert sample(sidecar, "elido_sidecar_stream_reconnects_total",
-                      reason="unavailable") >= 1
+        assert sample(sidecar, "elido_sidecar_stream_reconnects_total", reason="unavailable") >= 1
     finally:
         await sidecar.stop()
         await server.stop()
@@ -88,7 +90,8 @@ async def test_forwarder_away_then_back_catches_up(tmp_path: Path) -> None:
         # Accepting continues while the forwarder is away.
         for n in range(5):
             status, _ = await post_clicks(
-                sidecar.http_port, [click_record(100 + n * 10 + i) for i in range(10)])
+                sidecar.http_port, [click_record(100 + n * 10 + i) for i in range(10)]
+            )
             assert status == 202
         assert sidecar.spool is not None
         await wait_for(lambda: not sidecar.streamer or not sidecar.streamer.connected)
@@ -101,8 +104,7 @@ async def test_forwarder_away_then_back_catches_up(tmp_path: Path) -> None:
         server.health.status = health_pb2.HealthCheckResponse.SERVING
         await wait_for(lambda: len(server.received.clicks) == 60)
         await wait_for(lambda: sidecar.spool is not None and sidecar.spool.unacked == 0)
-        assert sample(sidecar, "elido_sidecar_stream_reconnects_total",
-                      reason="not_serving") >= 1
+        assert sample(sidecar, "elido_sidecar_stream_reconnects_total", reason="not_serving") >= 1
     finally:
         await sidecar.stop()
         await server.stop()
@@ -126,8 +128,7 @@ async def test_graceful_shutdown_drains_to_the_forwarder(tmp_path: Path) -> None
 def test_encoded_requests_parse_as_the_proto() -> None:
     from ingest_sidecar._stream import encode_request
 
-    clicks = [forwarder_pb2.Click(click_id=f"c{i}", workspace_id="w" * (i * 40))
-              for i in range(5)]
+    clicks = [forwarder_pb2.Click(click_id=f"c{i}", workspace_id="w" * (i * 40)) for i in range(5)]
     wire = encode_request(300, [c.SerializeToString() for c in clicks])
     parsed = forwarder_pb2.StreamClicksRequest.FromString(wire)
     assert parsed.batch_id == 300

@@ -34,8 +34,9 @@ def append(path: Path, *chunks: bytes) -> None:
 
 
 async def start(tmp_path: Path, server: FakeServer, log: Path) -> Sidecar:
-    config = make_config(tmp_path, server.target,
-                         tail={"path": str(log), "poll_interval_s": 0.02, "fields": FIELDS})
+    config = make_config(
+        tmp_path, server.target, tail={"path": str(log), "poll_interval_s": 0.02, "fields": FIELDS}
+    )
     sidecar = Sidecar(config)
     await sidecar.start()
     assert sidecar.tailer is not None
@@ -93,7 +94,7 @@ async def test_bad_log_lines_are_skipped(tmp_path: Path) -> None:
     append(
         log,
         log_line(0),
-        b"127.0.0.1 - - [27/Nov/2026] \"GET / HTTP/1.1\" 200\n",
+        b'127.0.0.1 - - [27/Nov/2026] "GET / HTTP/1.1" 200\n',
         b"\xc3\x28 not utf-8\n",
         b'{"ws": "ws-1", "upstream": {"location": "https://x.example/"}}\n',
         b'{"ws": "ws-1", "huge": "' + b"a" * 70_000 + b'"}\n',
@@ -111,7 +112,8 @@ async def test_bad_log_lines_are_skipped(tmp_path: Path) -> None:
 
         def count(reason: str) -> float:
             value = registry.get_sample_value(
-                "elido_sidecar_dropped_records_total", {"source": "log", "reason": reason})
+                "elido_sidecar_dropped_records_total", {"source": "log", "reason": reason}
+            )
             return value or 0.0
 
         assert count("malformed_json") == 1
