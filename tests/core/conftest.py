@@ -1,14 +1,8 @@
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
 from tests.support.forwarder import ForwarderProcess
-
-
-def new_key() -> str:
-    return "pk_" + secrets.token_hex(17)
 
 
 @pytest.fixture

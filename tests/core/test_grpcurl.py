@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.core.conftest import new_key
+from tests.support.calls import new_key
 from tests.support.forwarder import ForwarderProcess
 from tests.support.openbao import new_workspace_id
 

@@ -11,7 +11,7 @@ from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from tests.core.conftest import new_key
+from tests.support.calls import new_key
 from tests.support.forwarder import ForwarderProcess
 from tests.support.openbao import new_workspace_id
 

@@ -15,7 +15,7 @@ import pytest
 from elido.forwarder.v1 import forwarder_pb2 as pb
 
 from client import AsyncForwarderClient, ClientConfig
-from tests.delivery.conftest import make_click, new_key, register
+from tests.support.calls import make_click, new_key, register
 from tests.support.forwarder import ForwarderProcess
 from tests.support.openbao import new_workspace_id
 

@@ -12,8 +12,8 @@ from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from tests.delivery.conftest import forward, integration, make_click, new_key, register, wait_for
 from tests.klaviyo_mock import KlaviyoMockThread
+from tests.support.calls import forward, integration, make_click, new_key, register, wait_for
 from tests.support.forwarder import ForwarderProcess
 from tests.support.openbao import VaultFixture, new_workspace_id
 

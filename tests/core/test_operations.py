@@ -18,7 +18,7 @@ from elido.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server._logging import configure_logging
-from tests.delivery.conftest import forward, make_click, new_key, register
+from tests.support.calls import forward, make_click, new_key, register
 from tests.support.forwarder import ForwarderProcess
 from tests.support.openbao import new_workspace_id
 

@@ -7,7 +7,8 @@ import time
 import grpc
 from elido.forwarder.v1 import forwarder_pb2 as pb
 
-from tests.delivery.conftest import (
+from tests.klaviyo_mock import KlaviyoMockThread
+from tests.support.calls import (
     forward,
     integration,
     make_click,
@@ -16,7 +17,6 @@ from tests.delivery.conftest import (
     rpc_code,
     wait_for,
 )
-from tests.klaviyo_mock import KlaviyoMockThread
 from tests.support.forwarder import ForwarderProcess
 from tests.support.klaviyo_spec import validate_schema
 from tests.support.openbao import new_workspace_id

@@ -8,8 +8,8 @@ import time
 import pytest
 from elido.forwarder.v1 import forwarder_pb2 as pb
 
-from tests.delivery.conftest import forward, integration, make_click, new_key, register, wait_for
 from tests.klaviyo_mock import Fault, FaultKind, KlaviyoMockThread, WindowLimit
+from tests.support.calls import forward, integration, make_click, new_key, register, wait_for
 from tests.support.forwarder import ForwarderProcess
 from tests.support.openbao import new_workspace_id
 

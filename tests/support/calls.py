@@ -1,3 +1,5 @@
+"""Calls that arrange and observe a forwarder under test (shared by the test folders)."""
+
 from __future__ import annotations
 
 import secrets
