@@ -52,8 +52,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class DeliveryWakeup(Protocol):
     """Told when events were queued, so delivery starts without waiting for a poll."""
 
-    def notify(self, workspace_ids: set[str]) -> None:
-        """Events of these workspaces became due."""
+    def notify(self) -> None:
+        """Events became due."""
 
 
 _INTERNAL: Final = ApiError(
@@ -135,7 +135,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             time.time(),
         )
         self._vault.forget(request.workspace_id)
-        self._wakeup.notify({request.workspace_id})
+        self._wakeup.notify()
         _log.info(
             "integration registered",
             workspace_id=request.workspace_id,
@@ -230,7 +230,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         outcome = await self._clicks.take(click)
         INTAKE.labels("click", outcome.value).inc()
         if outcome is ClickOutcome.QUEUED:
-            self._wakeup.notify({click.workspace_id})
+            self._wakeup.notify()
         return pb.ForwardClickResponse(disposition=CLICK_DISPOSITION[outcome])
 
     async def _take_clicks(self, clicks: Sequence[NewClick]) -> list[ClickOutcome]:
@@ -263,8 +263,8 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
 
     async def _finish_batch(self, taken: asyncio.Future[BatchResult]) -> pb.StreamClicksResponse:
         result = await taken
-        if result.queued_workspaces:
-            self._wakeup.notify(set(result.queued_workspaces))
+        if result.tally.get(ClickOutcome.QUEUED.value):
+            self._wakeup.notify()
         for disposition, n in result.tally.items():
             INTAKE.labels("click", disposition).inc(n)
         return pb.StreamClicksResponse.FromString(result.response)
@@ -322,7 +322,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         outcome = await self._store.take_conversion(conversion, time.time())
         INTAKE.labels("conversion", outcome.value).inc()
         if outcome is ConversionOutcome.QUEUED:
-            self._wakeup.notify({conversion.workspace_id})
+            self._wakeup.notify()
         return pb.ForwardConversionResponse(disposition=CONVERSION_DISPOSITION[outcome])
 
     # -- failed events -------------------------------------------------------------------
@@ -357,6 +357,6 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             raise not_found(request.workspace_id)
         replayed = await self._store.replay_failed(request.workspace_id, ids, time.time())
         if replayed:
-            self._wakeup.notify({request.workspace_id})
+            self._wakeup.notify()
         _log.info("failed events replayed", workspace_id=request.workspace_id, count=replayed)
         return pb.ReplayFailedEventsResponse(replayed_count=replayed)

@@ -74,8 +74,8 @@ class DeliveryEngine:
         self._limiters: dict[bytes, AccountRateLimiter] = {}
         self._scheduler: asyncio.Task[None] | None = None
 
-    def notify(self, workspace_ids: set[str]) -> None:
-        """Events became due for these workspaces: look now rather than at the next poll."""
+    def notify(self) -> None:
+        """Events became due: look now rather than at the next poll."""
         self._wake.set()
 
     async def start(self) -> None:

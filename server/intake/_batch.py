@@ -23,8 +23,6 @@ class BatchResult:
 
     # The serialized StreamClicksResponse: the batch id and one result per click, in order.
     response: bytes
-    # Workspaces that got queued events (to wake delivery).
-    queued_workspaces: tuple[str, ...] = ()
     # Clicks per disposition (for the intake metric), e.g. {"queued": 498, "rejected": 2}.
     tally: dict[str, int] = field(default_factory=dict)
 
@@ -41,14 +39,11 @@ class ValidatedBatch:
 
     def finish(self, outcomes: Sequence[ClickOutcome]) -> BatchResult:
         """Fill in the store's outcome of every committed click."""
-        queued: set[str] = set()
         results = self.response.results
-        for slot, click, outcome in zip(self.slots, self.valid, outcomes, strict=True):
+        for slot, outcome in zip(self.slots, outcomes, strict=True):
             results[slot].disposition = CLICK_DISPOSITION[outcome]
             self.tally[outcome.value] += 1
-            if outcome is ClickOutcome.QUEUED:
-                queued.add(click.workspace_id)
-        return BatchResult(self.response.SerializeToString(), tuple(queued), dict(self.tally))
+        return BatchResult(self.response.SerializeToString(), dict(self.tally))
 
 
 def validate_batch(
