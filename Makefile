@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy server client ingest_sidecar
+	$(BIN)/mypy server client ingest_sidecar elido_common
 
 ## proto: regenerate the checked-in stubs and their .pyi types
 proto: $(STAMP)

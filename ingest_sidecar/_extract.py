@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from elido.forwarder.v1 import forwarder_pb2
 
-from server.intake._syntax import (
+from elido_common.syntax import (
     EVENT_ID,
     MAX_EXTERNAL_ID,
     PHONE_PATTERN,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
-from server.intake._syntax import email_from_parameter, kx_from_parameter
+from elido_common.syntax import email_from_parameter, kx_from_parameter
 from server.store._records import Identifiers
 
 UTM_KEY_PATTERN: Final = re.compile(r"utm_[a-z0-9_]{1,40}")

@@ -18,9 +18,7 @@ from urllib.parse import urlsplit
 from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.protobuf import json_format, timestamp_pb2
 
-from server._errors import Violation
-from server.intake._identifiers import UTM_KEY_PATTERN, facts_from_url
-from server.intake._syntax import (
+from elido_common.syntax import (
     EVENT_ID,
     KX_PATTERN,
     MAX_EXTERNAL_ID,
@@ -28,6 +26,8 @@ from server.intake._syntax import (
     WORKSPACE_ID,
     is_email,
 )
+from server._errors import Violation
+from server.intake._identifiers import UTM_KEY_PATTERN, facts_from_url
 from server.store._records import Identifiers, IntegrationSettings, NewClick, NewConversion
 
 CURRENCY: Final = re.compile(r"[A-Z]{3}")
