@@ -22,15 +22,15 @@ from server._metrics import OUTBOX_DEPTH, OUTBOX_FAILED
 from server.api._service import ForwarderService
 from server.delivery._engine import DeliveryEngine
 from server.delivery._klaviyo import KlaviyoClient
-from server.intake._payload import decode_payload
 from server.intake._workers import IntakeWorkers
-from server.store import SqliteStore
+from server.store import SqliteConfig, open_store
 from server.vault import KeyVault
 
 _log = structlog.get_logger(__name__)
 SERVICE_NAME: Final = forwarder_pb2.DESCRIPTOR.services_by_name["ForwarderService"].full_name
 HOUSEKEEPING_INTERVAL_S: Final = 10.0
 PRUNE_INTERVAL_S: Final = 3600.0
+HOUSEKEEPING_LEASE: Final = "housekeeping"
 
 
 class Forwarder:
@@ -38,15 +38,17 @@ class Forwarder:
 
     def __init__(self, config: ForwarderConfig) -> None:
         self._config = config
-        self.store = SqliteStore(config.store, decode_payload)
+        self.store = open_store(config.store)
         self.vault = KeyVault(config.vault)
         self._client = KlaviyoClient(config.klaviyo)
         self.delivery = DeliveryEngine(self.store, self.vault, self._client, config.delivery)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # re-exported at runtime, not in its stubs
         self._server: grpc.aio.Server | None = None
+        # Worker processes commit to the SQLite file on their own connections; PostgreSQL
+        # already commits in processes of its own.
         self._workers = (
             IntakeWorkers(config.store, config.server.intake_workers)
-            if config.server.intake_workers
+            if config.server.intake_workers and isinstance(config.store, SqliteConfig)
             else None
         )
         self._housekeeping: asyncio.Task[None] | None = None
@@ -115,7 +117,9 @@ class Forwarder:
             listen=cfg.listen,
             port=self.port,
             tls=cfg.tls is not None,
-            db=str(self._config.store.path),
+            store=str(self._config.store.path)
+            if isinstance(self._config.store, SqliteConfig)
+            else self._config.store.redacted_url(),
         )
         return self.port
 
@@ -147,13 +151,21 @@ class Forwarder:
                 OUTBOX_FAILED.set(failed)
                 now = time.time()
                 if now - last_prune > PRUNE_INTERVAL_S:
-                    pruned = await self.store.prune(now)
                     last_prune = now
-                    if pruned:
-                        _log.info("click index pruned", entries=pruned)
+                    await self._prune(now)
             except Exception as exc:
                 _log.warning("housekeeping failed", error=str(exc))
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+
+    async def _prune(self, now: float) -> None:
+        # Once per interval across all replicas: whoever takes the lease prunes, and keeps
+        # it for the interval so that the others skip their turn.
+        if await self.store.acquire_lease(
+            HOUSEKEEPING_LEASE, self.delivery.owner, PRUNE_INTERVAL_S
+        ):
+            pruned = await self.store.prune(now)
+            if pruned:
+                _log.info("click index pruned", entries=pruned)
 
 
 async def serve(config: ForwarderConfig) -> None:

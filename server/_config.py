@@ -16,7 +16,7 @@ from server._logging import LogFormat
 from server.delivery._config import DeliveryConfig, RetryPolicy
 from server.delivery._klaviyo import KlaviyoConfig
 from server.delivery._ratelimit import RateLimitConfig, RateWindow
-from server.store import SqliteConfig
+from server.store import PostgresConfig, SqliteConfig, StoreConfig, is_postgres_url
 from server.vault import VaultConfig
 
 DEFAULT_LISTEN: Final = "127.0.0.1:50051"
@@ -64,7 +64,7 @@ class ForwarderConfig:
     """Everything the forwarder needs, passed explicitly to each part."""
 
     server: ServerConfig
-    store: SqliteConfig
+    store: StoreConfig
     vault: VaultConfig
     klaviyo: KlaviyoConfig
     delivery: DeliveryConfig
@@ -90,6 +90,46 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 def _path(env: Mapping[str, str], name: str) -> Path | None:
     raw = env.get(name)
     return Path(raw) if raw else None
+
+
+def _secret_setting(env: Mapping[str, str], name: str) -> str:
+    """``name``'s value, or the content of the file ``name_FILE`` names (not both)."""
+    value, file = env.get(name, ""), env.get(f"{name}_FILE", "")
+    if value and file:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    if not file:
+        return value
+    try:
+        return Path(file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE: cannot read {file}: {exc.strerror}") from None
+
+
+def _store_config(env: Mapping[str, str], data_dir: Path) -> StoreConfig:
+    """PostgreSQL when FORWARDER_DATABASE_URL(_FILE) is set, else the SQLite file."""
+    window = _number(env, "FORWARDER_ATTRIBUTION_WINDOW_S", 90 * 86400.0)
+    url = _secret_setting(env, "FORWARDER_DATABASE_URL")
+    if url:
+        if not is_postgres_url(url):
+            raise ConfigError("FORWARDER_DATABASE_URL must be a postgresql:// URL")
+        pool_size = _int(env, "FORWARDER_DB_POOL_SIZE", 10)
+        if not 1 <= pool_size <= 200:
+            raise ConfigError("FORWARDER_DB_POOL_SIZE must be between 1 and 200")
+        return PostgresConfig(
+            url=url,
+            pool_size=pool_size,
+            attribution_window_s=window,
+            statement_timeout_ms=_int(env, "FORWARDER_DB_STATEMENT_TIMEOUT_MS", 15000),
+        )
+    synchronous = env.get("FORWARDER_DB_SYNCHRONOUS", "FULL").upper()
+    if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+        raise ConfigError("FORWARDER_DB_SYNCHRONOUS must be FULL, EXTRA or NORMAL")
+    return SqliteConfig(
+        path=_path(env, "FORWARDER_DB_PATH") or data_dir / "forwarder.db",
+        synchronous=synchronous,
+        attribution_window_s=window,
+        busy_timeout_ms=_int(env, "FORWARDER_DB_BUSY_TIMEOUT_MS", 5000),
+    )
 
 
 def load_config(env: Mapping[str, str]) -> ForwarderConfig:
@@ -118,15 +158,7 @@ def load_config(env: Mapping[str, str]) -> ForwarderConfig:
     )
     if not 0 <= server.intake_workers <= 64:
         raise ConfigError("FORWARDER_INTAKE_WORKERS must be between 0 and 64")
-    synchronous = env.get("FORWARDER_DB_SYNCHRONOUS", "FULL").upper()
-    if synchronous not in ("FULL", "NORMAL", "EXTRA"):
-        raise ConfigError("FORWARDER_DB_SYNCHRONOUS must be FULL, EXTRA or NORMAL")
-    store = SqliteConfig(
-        path=_path(env, "FORWARDER_DB_PATH") or data_dir / "forwarder.db",
-        synchronous=synchronous,
-        attribution_window_s=_number(env, "FORWARDER_ATTRIBUTION_WINDOW_S", 90 * 86400.0),
-        busy_timeout_ms=_int(env, "FORWARDER_DB_BUSY_TIMEOUT_MS", 5000),
-    )
+    store = _store_config(env, data_dir)
     klaviyo = KlaviyoConfig(
         base_url=env.get("KLAVIYO_BASE_URL", "https://a.klaviyo.com"),
         revision=env.get("KLAVIYO_REVISION", "2026-07-15"),
@@ -155,6 +187,7 @@ def load_config(env: Mapping[str, str]) -> ForwarderConfig:
         poll_interval_s=_number(env, "FORWARDER_POLL_INTERVAL_S", 0.5),
         vault_retry_s=_number(env, "FORWARDER_VAULT_RETRY_S", 5.0),
         instance_id=env.get("FORWARDER_INSTANCE_ID", ""),
+        lease_ttl_s=_number(env, "FORWARDER_LEASE_TTL_S", 30.0),
         retry=retry,
         rate_limits=limits,
     )

@@ -31,8 +31,9 @@ from server.api._convert import (
     CONVERSION_DISPOSITION,
     failed_event_message,
     integration_message,
+    stream_clicks_response,
 )
-from server.intake._batch import BatchResult, validate_batch
+from server.intake._batch import BatchOutcome, validate_batch
 from server.intake._coalescer import Coalescer
 from server.intake._validation import validate_click, validate_conversion
 from server.intake._workers import IntakeWorkers
@@ -131,6 +132,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             encrypted.ciphertext,
             key.fingerprint,
             encrypted.key_version,
+            key.account,
             settings,
             time.time(),
         )
@@ -238,7 +240,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
 
     def _start_batch(
         self, request: pb.StreamClicksRequest, previous_id: int, lane: int
-    ) -> asyncio.Future[BatchResult]:
+    ) -> asyncio.Future[BatchOutcome]:
         problems: list[Violation] = []
         if request.batch_id == 0:
             problems.append(Violation("batch_id", "required (nonzero)"))
@@ -256,25 +258,28 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             return asyncio.ensure_future(self._workers.take(request, time.time(), lane))
         return asyncio.ensure_future(self._take_batch(request, time.time()))
 
-    async def _take_batch(self, request: pb.StreamClicksRequest, now: float) -> BatchResult:
+    async def _take_batch(self, request: pb.StreamClicksRequest, now: float) -> BatchOutcome:
         batch = validate_batch(request, self._store.settings_for, now)
         outcomes = await self._store.take_clicks(batch.valid, now) if batch.valid else []
         return batch.finish(outcomes)
 
-    async def _finish_batch(self, taken: asyncio.Future[BatchResult]) -> pb.StreamClicksResponse:
+    async def _finish_batch(
+        self, request: pb.StreamClicksRequest, taken: asyncio.Future[BatchOutcome]
+    ) -> pb.StreamClicksResponse:
         result = await taken
-        if result.tally.get(ClickOutcome.QUEUED.value):
+        tally = result.tally()
+        if tally.get(ClickOutcome.QUEUED.value):
             self._wakeup.notify()
-        for disposition, n in result.tally.items():
+        for disposition, n in tally.items():
             INTAKE.labels("click", disposition).inc(n)
-        return pb.StreamClicksResponse.FromString(result.response)
+        return stream_clicks_response(request, result)
 
     async def StreamClicks(
         self, request_iterator: AsyncIterator[pb.StreamClicksRequest], context: Context
     ) -> AsyncIterator[pb.StreamClicksResponse]:
-        pending: asyncio.Queue[asyncio.Future[BatchResult] | ApiError | None] = asyncio.Queue(
-            STREAM_PIPELINE_DEPTH
-        )
+        pending: asyncio.Queue[
+            tuple[pb.StreamClicksRequest, asyncio.Future[BatchOutcome]] | ApiError | None
+        ] = asyncio.Queue(STREAM_PIPELINE_DEPTH)
 
         lane = self._workers.lane() if self._workers is not None else 0
 
@@ -284,7 +289,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
                 async for request in request_iterator:
                     batch = self._start_batch(request, previous, lane)
                     previous = request.batch_id
-                    await pending.put(batch)
+                    await pending.put((request, batch))
             except ApiError as error:
                 await pending.put(error)
                 return
@@ -301,7 +306,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
                 if isinstance(item, ApiError):
                     await abort(context, item)
                 try:
-                    response = await self._finish_batch(item)
+                    response = await self._finish_batch(*item)
                 except StoreError as exc:
                     # Not acked: the sender keeps the batch and resends it (ids are idempotent).
                     _log.error("store unavailable", error=str(exc))

@@ -23,11 +23,12 @@ from elido_common.syntax import (
     KX_PATTERN,
     MAX_EXTERNAL_ID,
     PHONE_PATTERN,
+    UTM_KEY_PATTERN,
     WORKSPACE_ID,
     is_email,
 )
 from server._errors import Violation
-from server.intake._identifiers import UTM_KEY_PATTERN, facts_from_url
+from server.intake._identifiers import facts_from_url
 from server.store._records import Identifiers, IntegrationSettings, NewClick, NewConversion
 
 CURRENCY: Final = re.compile(r"[A-Z]{3}")
