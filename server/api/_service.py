@@ -239,7 +239,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         return await self._store.take_clicks(clicks, time.time())
 
     def _start_batch(
-        self, request: pb.StreamClicksRequest, previous_id: int, lane: int
+        self, request: pb.StreamClicksRequest, previous_id: int, lane: int, order: asyncio.Lock
     ) -> asyncio.Future[BatchOutcome]:
         problems: list[Violation] = []
         if request.batch_id == 0:
@@ -256,11 +256,16 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             raise invalid_argument(problems, "batch")
         if self._workers is not None:
             return asyncio.ensure_future(self._workers.take(request, time.time(), lane))
-        return asyncio.ensure_future(self._take_batch(request, time.time()))
+        return asyncio.ensure_future(self._take_batch(request, time.time(), order))
 
-    async def _take_batch(self, request: pb.StreamClicksRequest, now: float) -> BatchOutcome:
+    async def _take_batch(
+        self, request: pb.StreamClicksRequest, now: float, order: asyncio.Lock
+    ) -> BatchOutcome:
         batch = validate_batch(request, self._store.settings_for, now)
-        outcomes = await self._store.take_clicks(batch.valid, now) if batch.valid else []
+        # A stream's batches commit in the order sent (the lock is fair): of two clicks with
+        # one id, the first sent is the one queued, on any backend.
+        async with order:
+            outcomes = await self._store.take_clicks(batch.valid, now) if batch.valid else []
         return batch.finish(outcomes)
 
     async def _finish_batch(
@@ -282,12 +287,13 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         ] = asyncio.Queue(STREAM_PIPELINE_DEPTH)
 
         lane = self._workers.lane() if self._workers is not None else 0
+        order = asyncio.Lock()
 
         async def read() -> None:
             previous = 0
             try:
                 async for request in request_iterator:
-                    batch = self._start_batch(request, previous, lane)
+                    batch = self._start_batch(request, previous, lane, order)
                     previous = request.batch_id
                     await pending.put((request, batch))
             except ApiError as error:

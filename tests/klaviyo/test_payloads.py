@@ -134,8 +134,7 @@ def test_plan_splits_by_event_count() -> None:
 
 def test_plan_keeps_every_job_under_the_byte_limit() -> None:
     events = [
-        click(f"c{i}", email=f"u{i % 5}@example.com", user_agent="x" * (i * 37))
-        for i in range(60)
+        click(f"c{i}", email=f"u{i % 5}@example.com", user_agent="x" * (i * 37)) for i in range(60)
     ]
     max_bytes = 4000
     jobs = plan_bulk_jobs(events, SETTINGS, FRESH, max_bytes=max_bytes)

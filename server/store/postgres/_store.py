@@ -81,6 +81,7 @@ _INSERT_OUTBOX: Final = """INSERT INTO outbox (workspace_id, kind, source_id, oc
     VALUES (%b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b)"""
 _COUNT_ANONYMOUS: Final = """UPDATE integrations SET anonymous_count = anonymous_count + n
     FROM unnest(%b::text[], %b::bigint[]) AS a(ws, n) WHERE workspace_id = a.ws"""
+_DEADLOCK_RETRIES: Final = 3
 _FENCE: Final = "SELECT 1 FROM leases WHERE name = %b AND owner = %b AND token = %b FOR SHARE"
 
 
@@ -149,7 +150,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             # The message names the failure (connection refused, timeout, disk full); it
             # carries no parameter values, so no identifier or ciphertext leaks into logs.
-            raise StoreError(f"postgres: {type(exc).__name__}: {exc}".strip()) from None
+            raise StoreError(f"postgres: {type(exc).__name__}: {exc}".strip()) from exc
 
     async def open(self) -> None:
         self._pool = AsyncConnectionPool(
@@ -358,12 +359,30 @@ class PostgresStore:
 
     # -- intake ----------------------------------------------------------------------------
     async def take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
+        for attempt in range(1, _DEADLOCK_RETRIES + 1):
+            try:
+                return await self._take_clicks(clicks, now)
+            except StoreError as exc:
+                # Index rows are inserted in key order, so concurrent batches cannot wait on
+                # each other in a cycle; should the database still pick this transaction as
+                # a deadlock victim, nothing of it was committed and it is simply run again.
+                if not isinstance(exc.__cause__, psycopg.errors.DeadlockDetected) or (
+                    attempt == _DEADLOCK_RETRIES
+                ):
+                    raise
+                _log.warning("intake transaction retried after a deadlock", attempt=attempt)
+        raise AssertionError("unreachable")
+
+    async def _take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
         expires = now + self._config.attribution_window_s
         async with self._transaction() as cur:
             await cur.execute(_INTEGRATIONS_OF, (sorted({c.workspace_id for c in clicks}),))
             found = {ws: settings_from_json(text) for ws, text in await cur.fetchall()}
             plan = plan_clicks(clicks, found)
-            candidates = [clicks[i] for i in plan.candidates]
+            # In key order: every transaction takes the index's key locks in the same order.
+            candidates = sorted(
+                (clicks[i] for i in plan.candidates), key=lambda c: (c.workspace_id, c.click_id)
+            )
             fresh: set[tuple[str, str]] = set()
             if candidates:
                 await cur.execute(
