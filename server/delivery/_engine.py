@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import socket
 import time
@@ -50,6 +51,7 @@ from server.store._records import (
     IntegrationRecord,
     IntegrationState,
     Lease,
+    LeaseHandover,
     OutboxEvent,
 )
 from server.vault import KeyDestroyed, KeyVault, VaultDenied, VaultUnavailable
@@ -63,16 +65,38 @@ class _KeyRejected(Exception):
     """Raised inside a workspace round when Klaviyo refused the key."""
 
 
+def _take_over(limiter: AccountRateLimiter, handover: LeaseHandover) -> None:
+    """Start the limiter from what the lease's previous holder recorded."""
+    try:
+        usage = json.loads(handover.usage) if handover.usage else {}
+    except ValueError:
+        usage = {}
+    if not isinstance(usage, dict):
+        usage = {}
+    limiter.take_over(usage, handover.usage_age_s, handover.valid_for_s)
+
+
 def lease_name(due: DueWorkspace) -> str:
     """The delivery lease a workspace is delivered under: its account's, else its own."""
     return f"account:{due.account}" if due.account else f"workspace:{due.workspace_id}"
 
 
 class HeldLease:
-    """A lease renewed in the background; :meth:`check` before acting under it."""
+    """A lease renewed in the background; :meth:`check` before acting under it.
 
-    def __init__(self, store: Store, lease: Lease, clock: Callable[[], float] = time.monotonic):
+    Every renewal also records the account's rate-limiter usage with the lease, so that a
+    replica taking the account over (after this one died or froze) starts from it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        lease: Lease,
+        usage: Callable[[], str],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._store = store
+        self._usage = usage
         self._clock = clock
         self.lease = lease
         # Measured from before the request that granted it, so never later than the
@@ -93,7 +117,7 @@ class HeldLease:
             await asyncio.sleep(self.lease.ttl_s / 3)
             started = self._clock()
             try:
-                renewed = await self._store.renew_lease(self.lease)
+                renewed = await self._store.renew_lease(self.lease, self._usage())
             except Exception as exc:  # unreachable database: keep trying until it lapses
                 log.warning("lease renewal failed", error=str(exc))
                 continue
@@ -180,7 +204,10 @@ class DeliveryEngine:
             lease = await self._store.acquire_lease(name, self.owner, self._config.lease_ttl_s)
             if lease is None:
                 return  # another replica delivers this account
-            held = HeldLease(self._store, lease)
+            limiter = self._limiter(name)
+            if lease.handover is not None:
+                _take_over(limiter, lease.handover)
+            held = HeldLease(self._store, lease, lambda: json.dumps(limiter.usage()))
             renewer = asyncio.create_task(held.renew_forever(), name=f"renew-{name}")
             while True:
                 held.check()
@@ -189,7 +216,7 @@ class DeliveryEngine:
                 if not mine:
                     return
                 for workspace_id in mine:
-                    await self._deliver_round(held, workspace_id)
+                    await self._deliver_round(held, limiter, workspace_id)
         except asyncio.CancelledError:
             raise
         except LeaseLost as exc:
@@ -204,11 +231,15 @@ class DeliveryEngine:
                 renewer.cancel()
             if held is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._store.release_lease(held.lease))
+                    await asyncio.shield(
+                        self._store.release_lease(held.lease, json.dumps(limiter.usage()))
+                    )
             # Events may have arrived while this task was finishing: look again now.
             self._wake.set()
 
-    async def _deliver_round(self, held: HeldLease, workspace_id: str) -> None:
+    async def _deliver_round(
+        self, held: HeldLease, limiter: AccountRateLimiter, workspace_id: str
+    ) -> None:
         """Send one round of a workspace's due events (at most ``fetch_limit``)."""
         config = self._config
         now = self._clock()
@@ -236,7 +267,6 @@ class DeliveryEngine:
             # Recorded for the next scheduling round: from then on this workspace shares
             # its account's lease and limiter.
             await self._store.set_account(workspace_id, record.ciphertext, key.account)
-        limiter = self._limiter(key)
         try:
             if len(events) <= config.single_threshold:
                 await self._send_singles(held, record, key, limiter, events)
@@ -245,11 +275,11 @@ class DeliveryEngine:
         except _KeyRejected:
             return
 
-    def _limiter(self, key: PrivateKey) -> AccountRateLimiter:
-        # Workspaces of one account share a limiter (and, through the lease, a replica).
-        limiter = self._limiters.get(key.account)
+    def _limiter(self, lease_name: str) -> AccountRateLimiter:
+        # One per lease: the workspaces of one account share it, on one replica at a time.
+        limiter = self._limiters.get(lease_name)
         if limiter is None:
-            limiter = self._limiters[key.account] = AccountRateLimiter(self._config.rate_limits)
+            limiter = self._limiters[lease_name] = AccountRateLimiter(self._config.rate_limits)
         return limiter
 
     # -- sending -------------------------------------------------------------------------

@@ -23,9 +23,10 @@ key) that our windows cannot see.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -148,6 +149,42 @@ class AccountRateLimiter:
         if headers is not None and headers.remaining == 0 and headers.reset_s:
             self._block(endpoint, state, now, headers.reset_s, "steady window exhausted")
 
+    def usage(self) -> dict[str, list[float]]:
+        """Per endpoint, how many seconds ago each request of the steady window was counted.
+
+        Unanswered requests count as now. Recorded with the delivery lease, so that whoever
+        holds the account next starts from it (see :meth:`take_over`).
+        """
+        now = self._clock()
+        ages: dict[str, list[float]] = {}
+        for endpoint in Endpoint:
+            state = self._prune(endpoint, now)
+            ages[endpoint.value] = [round(now - t, 3) for t in state.answered] + [0.0] * len(
+                state.pending
+            )
+        return ages
+
+    def take_over(
+        self, usage: Mapping[str, Sequence[float]], usage_age_s: float, sending_until_s: float
+    ) -> None:
+        """Count a previous holder's requests as this limiter's own.
+
+        ``usage`` is that holder's :meth:`usage`, recorded ``usage_age_s`` ago; after that it
+        may have gone on sending until ``sending_until_s`` from now (<= 0), unseen. Those
+        unseen requests are counted as many as the limits allowed it, and all at the last
+        moment it could have sent them (the latest counts longest in a window), so that
+        together the two holders stay within the account's limits.
+        """
+        now = self._clock()
+        recorded_at = now - max(0.0, usage_age_s)
+        for endpoint in Endpoint:
+            state = self._states[endpoint]
+            times = sorted(recorded_at - age for age in usage.get(endpoint.value, ()))
+            until = now + min(0.0, sending_until_s)
+            unseen = _most_allowed(times, recorded_at, until, state.window)
+            merged = sorted([*times, *[until] * unseen, *state.answered])
+            state.answered = deque(t for t in merged if t > now - STEADY_WINDOW_S)
+
     def in_flight(self, endpoint: Endpoint) -> int:
         """Requests reserved and not yet observed."""
         return len(self._states[endpoint].pending)
@@ -208,3 +245,25 @@ class AccountRateLimiter:
         # The window has room once the `excess` oldest answered requests inside it leave it.
         oldest_inside = len(answered) - inside
         return answered[oldest_inside + excess - 1] + span - now
+
+
+def _most_allowed(times: list[float], start: float, end: float, window: RateWindow) -> int:
+    """How many more requests than ``times`` (sorted) the limits allowed in [start, end]."""
+    result = list(times)
+    if window.burst_per_s < 1 or window.steady_per_min < 1:
+        return 0
+    t = start
+    while t <= end:
+        in_burst = len(result) - bisect.bisect_right(result, t - BURST_WINDOW_S)
+        in_steady = len(result) - bisect.bisect_right(result, t - STEADY_WINDOW_S)
+        if in_burst < window.burst_per_s and in_steady < window.steady_per_min:
+            bisect.insort(result, t)
+            continue
+        # The next moment a slot frees: when the oldest request of a full window leaves it.
+        next_t = t
+        if in_burst >= window.burst_per_s:
+            next_t = max(next_t, result[-window.burst_per_s] + BURST_WINDOW_S)
+        if in_steady >= window.steady_per_min:
+            next_t = max(next_t, result[-window.steady_per_min] + STEADY_WINDOW_S)
+        t = next_t + 1e-6
+    return len(result) - len(times)

@@ -116,14 +116,17 @@ class Store(Protocol):
         """Take the lease ``name`` if it is free, expired or already ``owner``'s; else None.
 
         Every acquisition gets a new fencing token, so an earlier holder (another replica,
-        or this one before a restart) is fenced out.
+        or this one before a restart) is fenced out. The lease carries the previous holder's
+        last usage record (:class:`LeaseHandover`) when there was one.
         """
 
-    async def renew_lease(self, lease: Lease) -> Lease | None:
-        """Extend the lease by its TTL from now; None if it changed hands meanwhile."""
+    async def renew_lease(self, lease: Lease, usage: str = "") -> Lease | None:
+        """Extend the lease by its TTL from now and record ``usage``; None if it changed
+        hands meanwhile."""
 
-    async def release_lease(self, lease: Lease) -> None:
-        """Give the lease up (if still held), so another replica can take it at once."""
+    async def release_lease(self, lease: Lease, usage: str = "") -> None:
+        """Give the lease up (if still held) with a last usage record, so another replica
+        can take it at once."""
 
     # -- delivery (fenced) ---------------------------------------------------------------
     async def workspaces_with_due_events(self, now: float) -> list[DueWorkspace]:

@@ -183,6 +183,23 @@ class FailedEventRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseHandover:
+    """What the previous holder of a lease left for the next: a usage record, and its age.
+
+    The store keeps ``usage`` opaque (the delivery engine records the Klaviyo requests of
+    the last minute in it, so the next holder's rate limiter starts where the previous
+    one's stopped). Times are on the database's clock, relative to the acquisition.
+    """
+
+    usage: str
+    # How long before the acquisition the usage was recorded.
+    usage_age_s: float
+    # How long after the acquisition the previous holder's lease would have run (<= 0 when
+    # it had lapsed or was released): until then it may still have been sending.
+    valid_for_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A held delivery lease: who holds which name, until when (on the database's clock).
 
@@ -197,6 +214,8 @@ class Lease:
     expires_at: float
     # How long the lease was granted for, in seconds (the holder renews well before).
     ttl_s: float
+    # Set on acquisition when the lease had a holder before.
+    handover: LeaseHandover | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from server.store._records import (
     IntegrationSettings,
     IntegrationState,
     Lease,
+    LeaseHandover,
     NewClick,
     NewConversion,
     OutboxEvent,
@@ -477,6 +478,12 @@ class PostgresStore:
     async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> Lease | None:
         async with self._transaction() as cur:
             await cur.execute(
+                f"""SELECT usage, {NOW} - usage_at, expires_at - {NOW} FROM leases
+                   WHERE name = %s FOR UPDATE""",  # noqa: S608 - NOW is a constant expression
+                (name,),
+            )
+            before = await cur.fetchone()
+            await cur.execute(
                 f"""INSERT INTO leases (name, owner, token, expires_at) VALUES (%s, %s, 1, {NOW} + %s)
                    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,
                        token = leases.token + 1, expires_at = excluded.expires_at
@@ -485,26 +492,32 @@ class PostgresStore:
                 (name, owner, ttl_s),
             )
             row = await cur.fetchone()
-        return None if row is None else Lease(name, owner, row[0], row[1], ttl_s)
+        if row is None:
+            return None
+        handover = None
+        if before is not None:
+            handover = LeaseHandover(before[0], before[1] or 0.0, before[2])
+        return Lease(name, owner, row[0], row[1], ttl_s, handover)
 
-    async def renew_lease(self, lease: Lease) -> Lease | None:
+    async def renew_lease(self, lease: Lease, usage: str = "") -> Lease | None:
         async with self._transaction() as cur:
             await cur.execute(
-                f"""UPDATE leases SET expires_at = {NOW} + %s
+                f"""UPDATE leases SET expires_at = {NOW} + %s, usage = %s, usage_at = {NOW}
                    WHERE name = %s AND owner = %s AND token = %s RETURNING expires_at""",  # noqa: S608 - NOW is a constant expression
-                (lease.ttl_s, lease.name, lease.owner, lease.token),
+                (lease.ttl_s, usage, lease.name, lease.owner, lease.token),
             )
             row = await cur.fetchone()
         if row is None:
             return None
         return Lease(lease.name, lease.owner, lease.token, row[0], lease.ttl_s)
 
-    async def release_lease(self, lease: Lease) -> None:
+    async def release_lease(self, lease: Lease, usage: str = "") -> None:
         async with self._transaction() as cur:
             # Expire rather than delete: the token must keep growing across holders.
             await cur.execute(
-                "UPDATE leases SET expires_at = 0 WHERE name = %s AND owner = %s AND token = %s",
-                (lease.name, lease.owner, lease.token),
+                f"""UPDATE leases SET expires_at = 0, usage = %s, usage_at = {NOW}
+                   WHERE name = %s AND owner = %s AND token = %s""",  # noqa: S608 - NOW is a constant expression
+                (usage, lease.name, lease.owner, lease.token),
             )
 
     @staticmethod

@@ -35,6 +35,7 @@ from server.store._records import (
     IntegrationSettings,
     IntegrationState,
     Lease,
+    LeaseHandover,
     NewClick,
     NewConversion,
     OutboxEvent,
@@ -381,6 +382,10 @@ class SqliteStore:
     # -- leases ----------------------------------------------------------------------------
     async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> Lease | None:
         def op(conn: sqlite3.Connection) -> Lease | None:
+            before = conn.execute(
+                f"SELECT usage, {NOW} - usage_at, expires_at - {NOW} FROM leases WHERE name = ?",  # noqa: S608 - NOW is a constant expression
+                (name,),
+            ).fetchone()
             row = conn.execute(
                 f"""INSERT INTO leases (name, owner, token, expires_at) VALUES (?, ?, 1, {NOW} + ?)
                    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,
@@ -389,16 +394,21 @@ class SqliteStore:
                    RETURNING token, expires_at""",  # noqa: S608 - NOW is a constant expression
                 (name, owner, ttl_s),
             ).fetchone()
-            return None if row is None else Lease(name, owner, row[0], row[1], ttl_s)
+            if row is None:
+                return None
+            handover = None
+            if before is not None:
+                handover = LeaseHandover(before[0], before[1] or 0.0, before[2])
+            return Lease(name, owner, row[0], row[1], ttl_s, handover)
 
         return await self._call(op)
 
-    async def renew_lease(self, lease: Lease) -> Lease | None:
+    async def renew_lease(self, lease: Lease, usage: str = "") -> Lease | None:
         def op(conn: sqlite3.Connection) -> Lease | None:
             row = conn.execute(
-                f"""UPDATE leases SET expires_at = {NOW} + ?
+                f"""UPDATE leases SET expires_at = {NOW} + ?, usage = ?, usage_at = {NOW}
                    WHERE name = ? AND owner = ? AND token = ? RETURNING expires_at""",  # noqa: S608 - NOW is a constant expression
-                (lease.ttl_s, lease.name, lease.owner, lease.token),
+                (lease.ttl_s, usage, lease.name, lease.owner, lease.token),
             ).fetchone()
             if row is None:
                 return None
@@ -406,12 +416,13 @@ class SqliteStore:
 
         return await self._call(op)
 
-    async def release_lease(self, lease: Lease) -> None:
+    async def release_lease(self, lease: Lease, usage: str = "") -> None:
         def op(conn: sqlite3.Connection) -> None:
             # Expire rather than delete: the token must keep growing across holders.
             conn.execute(
-                "UPDATE leases SET expires_at = 0 WHERE name = ? AND owner = ? AND token = ?",
-                (lease.name, lease.owner, lease.token),
+                f"""UPDATE leases SET expires_at = 0, usage = ?, usage_at = {NOW}
+                   WHERE name = ? AND owner = ? AND token = ?""",  # noqa: S608 - NOW is a constant expression
+                (usage, lease.name, lease.owner, lease.token),
             )
 
         await self._call(op)

@@ -76,5 +76,9 @@ CREATE TABLE leases (
     name       TEXT PRIMARY KEY,
     owner      TEXT NOT NULL,
     token      BIGINT NOT NULL,
-    expires_at DOUBLE PRECISION NOT NULL
+    expires_at DOUBLE PRECISION NOT NULL,
+    -- The holder's usage record (its Klaviyo requests of the last minute), and when it was
+    -- written: the next holder's rate limiter starts from it.
+    usage      TEXT NOT NULL DEFAULT '',
+    usage_at   DOUBLE PRECISION
 );

@@ -6,7 +6,11 @@ CREATE TABLE leases (
     name       TEXT PRIMARY KEY,
     owner      TEXT NOT NULL,
     token      INTEGER NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    -- The holder's usage record (its Klaviyo requests of the last minute), and when it was
+    -- written: the next holder's rate limiter starts from it.
+    usage      TEXT NOT NULL DEFAULT '',
+    usage_at   REAL
 ) WITHOUT ROWID;
 
 -- The Klaviyo account a key speaks for (a digest of the key, never the key): workspaces of
