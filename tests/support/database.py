@@ -33,7 +33,8 @@ class Database:
             with sqlite3.connect(self.sqlite_path) as db:
                 return list(db.execute(sql, params).fetchall())
         with psycopg.connect(self.postgres_url, autocommit=True) as conn:
-            return list(conn.execute(sql.replace("?", "%s"), params).fetchall())
+            # Without parameters, a "%" (LIKE patterns) is not a placeholder.
+            return list(conn.execute(sql.replace("?", "%s"), params or None).fetchall())
 
     def value(self, sql: str, *params: Any) -> Any:
         """The first column of the only row ``sql`` selects."""

@@ -82,6 +82,8 @@ class ForwarderProcess:
             "VAULT_ADDR": vault_addr,
             "VAULT_TOKEN": vault_token,
             "KLAVIYO_BASE_URL": klaviyo_url,
+            # Replicas sharing a store need distinct lease owners.
+            "FORWARDER_INSTANCE_ID": data_dir.name,
             "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "protos")]),
             **({"FORWARDER_DATABASE_URL": database_url} if database_url else {}),
             **(env or {}),
