@@ -131,32 +131,37 @@ def new_key() -> str:
 def register(fwd: ForwarderProcess, workspace_id: str, key: str) -> None:
     fwd.stub().RegisterIntegration(
         pb.RegisterIntegrationRequest(workspace_id=workspace_id, private_key=key),
-        metadata=tuple(fwd.admin()), timeout=30)
+        metadata=tuple(fwd.admin()),
+        timeout=30,
+    )
 
 
 def integration(fwd: ForwarderProcess, workspace_id: str) -> pb.Integration:
-    response = fwd.stub().GetIntegration(pb.GetIntegrationRequest(workspace_id=workspace_id),
-                                         metadata=tuple(fwd.admin()), timeout=30)
+    response = fwd.stub().GetIntegration(
+        pb.GetIntegrationRequest(workspace_id=workspace_id), metadata=tuple(fwd.admin()), timeout=30
+    )
     return response.integration
 
 
 def click(workspace_id: str, click_id: str, email: str, at: float) -> pb.Click:
     c = pb.Click(
-        workspace_id=workspace_id, click_id=click_id, link_id="lnk-bench",
+        workspace_id=workspace_id,
+        click_id=click_id,
+        link_id="lnk-bench",
         short_url="https://elido.link/b3nch",
         destination_url="https://shop.example/sale?utm_source=klaviyo&utm_medium=email"
-                        "&utm_campaign=bench",
+        "&utm_campaign=bench",
         user_agent="Mozilla/5.0 (X11; Linux x86_64) Bench/1.0",
-        utm_parameters={"utm_source": "klaviyo", "utm_medium": "email",
-                        "utm_campaign": "bench"},
+        utm_parameters={"utm_source": "klaviyo", "utm_medium": "email", "utm_campaign": "bench"},
     )
     c.click_time.FromNanoseconds(int(at * 1e9))
     c.identifiers.email = email
     return c
 
 
-def build_batches(workspace_id: str, prefix: str, count: int, batch_size: int,
-                  profiles: int) -> list[bytes]:
+def build_batches(
+    workspace_id: str, prefix: str, count: int, batch_size: int, profiles: int
+) -> list[bytes]:
     """Serialized ``StreamClicksRequest`` batches (built before timing, so the enqueue rate
     measures the server rather than this process building messages)."""
     template = click(workspace_id, "x", "x@example.com", time.time())
@@ -175,8 +180,10 @@ def build_batches(workspace_id: str, prefix: str, count: int, batch_size: int,
 def stream(fwd: ForwarderProcess, batches: list[bytes]) -> Counter[str]:
     """Sends ``batches`` on one StreamClicks call; the dispositions of every click."""
     method = fwd.channel().stream_stream(
-        STREAM_METHOD, request_serializer=None,
-        response_deserializer=pb.StreamClicksResponse.FromString)
+        STREAM_METHOD,
+        request_serializer=None,
+        response_deserializer=pb.StreamClicksResponse.FromString,
+    )
     counts: Counter[str] = Counter()
     for response in method(iter(batches), metadata=tuple(fwd.ingest()), timeout=3600):
         for result in response.results:
@@ -184,8 +191,9 @@ def stream(fwd: ForwarderProcess, batches: list[bytes]) -> Counter[str]:
     return counts
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
-             interval_s: float = 0.1) -> bool:
+def wait_for(
+    predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1
+) -> bool:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
@@ -206,8 +214,14 @@ class Stage:
 
 
 @contextlib.contextmanager
-def stage(tmp: Path, name: str, vault: VaultAccess, events_limit: tuple[int, int],
-          bulk_limit: tuple[int, int], env: dict[str, str]) -> Iterator[Stage]:
+def stage(
+    tmp: Path,
+    name: str,
+    vault: VaultAccess,
+    events_limit: tuple[int, int],
+    bulk_limit: tuple[int, int],
+    env: dict[str, str],
+) -> Iterator[Stage]:
     with contextlib.ExitStack() as stack:
         mock = KlaviyoMockProcess(tmp / name / "mock", events_limit, bulk_limit)
         stack.callback(mock.stop)
@@ -220,8 +234,9 @@ def stage(tmp: Path, name: str, vault: VaultAccess, events_limit: tuple[int, int
             "KLAVIYO_BULK_STEADY_PER_MIN": str(bulk_limit[1]),
             **env,
         }
-        fwd = ForwarderProcess(tmp / name / "forwarder", vault.addr, vault.token,
-                               mock.base_url, forwarder_env)
+        fwd = ForwarderProcess(
+            tmp / name / "forwarder", vault.addr, vault.token, mock.base_url, forwarder_env
+        )
         stack.callback(fwd.stop)
         fwd.start()
         yield Stage(mock, fwd, f"bench-{name}-{secrets.token_hex(4)}", f"acct-{name}")
@@ -232,11 +247,17 @@ def hold_delivery(s: Stage) -> Callable[[], float]:
     them (and returning the time it did)."""
     register(s.fwd, s.workspace_id, new_key())  # unknown to the mock: 401
     s.fwd.stub().ForwardClick(
-        pb.ForwardClickRequest(click=click(s.workspace_id, "probe", "probe@example.com",
-                                           time.time())),
-        metadata=tuple(s.fwd.ingest()), timeout=30)
-    if not wait_for(lambda: integration(s.fwd, s.workspace_id).state
-                    == pb.INTEGRATION_STATE_KEY_REJECTED, 30, "the key to be rejected"):
+        pb.ForwardClickRequest(
+            click=click(s.workspace_id, "probe", "probe@example.com", time.time())
+        ),
+        metadata=tuple(s.fwd.ingest()),
+        timeout=30,
+    )
+    if not wait_for(
+        lambda: integration(s.fwd, s.workspace_id).state == pb.INTEGRATION_STATE_KEY_REJECTED,
+        30,
+        "the key to be rejected",
+    ):
         raise RuntimeError("could not hold delivery")
 
     def release() -> float:
@@ -260,11 +281,15 @@ def mock_errors(s: Stage) -> tuple[int, dict[str, int]]:
 def phase_latency(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
     rate, seconds = plan.latency_rate_per_s, plan.latency_seconds
     count = int(rate * seconds)
-    say(f"[1] intake -> Klaviyo 202 latency: ForwardClick at {rate:g} clicks/s for "
-        f"{seconds:g} s ({count} clicks, one profile each)")
-    say(f"    limits (mock and forwarder): Create Event {DOCUMENTED_EVENTS[0]}/s burst, "
+    say(
+        f"[1] intake -> Klaviyo 202 latency: ForwardClick at {rate:g} clicks/s for "
+        f"{seconds:g} s ({count} clicks, one profile each)"
+    )
+    say(
+        f"    limits (mock and forwarder): Create Event {DOCUMENTED_EVENTS[0]}/s burst, "
         f"{DOCUMENTED_EVENTS[1]}/min steady (= {DOCUMENTED_EVENTS[1] / 60:.1f}/s sustained); "
-        f"bulk threshold 20 (default)")
+        f"bulk threshold 20 (default)"
+    )
     with stage(tmp, "latency", vault, DOCUMENTED_EVENTS, DOCUMENTED_BULK, {}) as s:
         key = new_key()
         s.mock.add_key(key, s.account)
@@ -273,9 +298,13 @@ def phase_latency(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
         # Warm-up (excluded): the first delivery decrypts the key in Vault and opens the
         # connection to Klaviyo.
         for i in range(3):
-            stub.ForwardClick(pb.ForwardClickRequest(
-                click=click(s.workspace_id, f"warm-{i}", f"warm{i}@example.com", time.time())),
-                metadata=meta, timeout=30)
+            stub.ForwardClick(
+                pb.ForwardClickRequest(
+                    click=click(s.workspace_id, f"warm-{i}", f"warm{i}@example.com", time.time())
+                ),
+                metadata=meta,
+                timeout=30,
+            )
         wait_for(lambda: s.mock.timeline_count(s.account) >= 3, 30, "the warm-up clicks")
         called: dict[str, float] = {}
         returned: dict[str, float] = {}
@@ -291,29 +320,38 @@ def phase_latency(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
             returned[click_id] = time.time()
         achieved = count / (time.monotonic() - start)
         wait_for(lambda: s.mock.timeline_count(s.account) >= count + 3, 60, "every click")
-        accepted = {a.unique_id: a for a in s.mock.accepted(s.account)
-                    if a.unique_id in returned}
-        from_return = [a.received_at - returned[uid] for uid, a in accepted.items()
-                       if uid is not None]
-        from_call = [a.received_at - called[uid] for uid, a in accepted.items()
-                     if uid is not None]
+        accepted = {a.unique_id: a for a in s.mock.accepted(s.account) if a.unique_id in returned}
+        from_return = [
+            a.received_at - returned[uid] for uid, a in accepted.items() if uid is not None
+        ]
+        from_call = [a.received_at - called[uid] for uid, a in accepted.items() if uid is not None]
         via_bulk = sum(a.events for a in s.mock.accepted(s.account) if a.endpoint == "bulk")
         throttled, statuses = mock_errors(s)
     figures = {
-        "rate_per_s": rate, "achieved_rate_per_s": round(achieved, 1), "clicks": count,
-        "measured": len(from_return), "events_via_bulk": via_bulk,
+        "rate_per_s": rate,
+        "achieved_rate_per_s": round(achieved, 1),
+        "clicks": count,
+        "measured": len(from_return),
+        "events_via_bulk": via_bulk,
         "p50_ms": round(percentile(from_return, 50) * 1000, 1),
         "p99_ms": round(percentile(from_return, 99) * 1000, 1),
         "max_ms": round(max(from_return, default=math.nan) * 1000, 1),
         "p99_from_call_ms": round(percentile(from_call, 99) * 1000, 1),
-        "throttled_429": throttled, "mock_statuses": statuses,
+        "throttled_429": throttled,
+        "mock_statuses": statuses,
     }
-    say(f"    sent {count} clicks at {achieved:.1f}/s; {len(from_return)} matched at the mock "
-        f"by unique_id ({via_bulk} went in bulk jobs)")
-    say(f"    latency from ForwardClick's return to the mock: p50 {figures['p50_ms']} ms, "
-        f"p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms  (target p99 < 1000 ms)")
-    say(f"    (from the ForwardClick call, i.e. including intake: p99 "
-        f"{figures['p99_from_call_ms']} ms); mock 429s: {throttled}")
+    say(
+        f"    sent {count} clicks at {achieved:.1f}/s; {len(from_return)} matched at the mock "
+        f"by unique_id ({via_bulk} went in bulk jobs)"
+    )
+    say(
+        f"    latency from ForwardClick's return to the mock: p50 {figures['p50_ms']} ms, "
+        f"p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms  (target p99 < 1000 ms)"
+    )
+    say(
+        f"    (from the ForwardClick call, i.e. including intake: p99 "
+        f"{figures['p99_from_call_ms']} ms); mock 429s: {throttled}"
+    )
     return figures
 
 
@@ -328,9 +366,11 @@ class Window:
     last_s: float  # from the window's start to its last accepted request
 
 
-def _rate_in_window(s: Stage, endpoint: str, window_s: float,
-                    released: float, timeout_s: float) -> Window:
+def _rate_in_window(
+    s: Stage, endpoint: str, window_s: float, released: float, timeout_s: float
+) -> Window:
     """What the mock accepted in ``window_s`` from its first accepted request on ``endpoint``."""
+
     def first() -> float | None:
         times = [a.received_at for a in s.mock.accepted(s.account) if a.endpoint == endpoint]
         return min(times) if times else None
@@ -341,13 +381,20 @@ def _rate_in_window(s: Stage, endpoint: str, window_s: float,
     assert t0 is not None
     # Let the window close (plus a margin for the log to catch up).
     time.sleep(max(0.0, t0 + window_s + 0.5 - time.time()))
-    inside = [a for a in s.mock.accepted(s.account)
-              if a.endpoint == endpoint and t0 <= a.received_at < t0 + window_s]
+    inside = [
+        a
+        for a in s.mock.accepted(s.account)
+        if a.endpoint == endpoint and t0 <= a.received_at < t0 + window_s
+    ]
     times = [a.received_at for a in inside]
-    busiest = max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)),
-                  default=0)
-    return Window(len(inside), sum(a.events for a in inside), t0 - released, busiest,
-                  times[-1] - t0 if times else math.nan)
+    busiest = max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
+    return Window(
+        len(inside),
+        sum(a.events for a in inside),
+        t0 - released,
+        busiest,
+        times[-1] - t0 if times else math.nan,
+    )
 
 
 def phase_singles(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
@@ -355,27 +402,45 @@ def phase_singles(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
     allowed = allowance(limit, window)
     backlog = int(allowed * 1.3) + 50
     scaled = "" if limit == DOCUMENTED_EVENTS else " (scaled down from 350/3500 for --quick)"
-    say(f"[2a] single Create Event at saturation: limits {limit[0]}/s burst, {limit[1]}/min "
-        f"steady{scaled}; window {window:g} s from the first accepted request allows {allowed}")
-    say(f"     backlog of {backlog} events held, then released; bulk threshold raised to "
-        "1000000 so that the backlog goes out one event per request")
-    with stage(tmp, "singles", vault, limit, DOCUMENTED_BULK,
-               {"FORWARDER_SINGLE_THRESHOLD": "1000000"}) as s:
+    say(
+        f"[2a] single Create Event at saturation: limits {limit[0]}/s burst, {limit[1]}/min "
+        f"steady{scaled}; window {window:g} s from the first accepted request allows {allowed}"
+    )
+    say(
+        f"     backlog of {backlog} events held, then released; bulk threshold raised to "
+        "1000000 so that the backlog goes out one event per request"
+    )
+    with stage(
+        tmp, "singles", vault, limit, DOCUMENTED_BULK, {"FORWARDER_SINGLE_THRESHOLD": "1000000"}
+    ) as s:
         release = hold_delivery(s)
         counts = stream(s.fwd, build_batches(s.workspace_id, "sat", backlog - 1, 1000, 5000))
         released = release()
         w = _rate_in_window(s, "events", window, released, 60)
         throttled, statuses = mock_errors(s)
     ratio = w.requests / allowed
-    say(f"     accepted {w.requests} requests in the window: {ratio:.1%} of the limit "
-        f"(target >= 95%); 429s issued by the mock: {throttled}")
-    say(f"     first request {w.startup_s * 1000:.0f} ms after release; busiest second "
+    say(
+        f"     accepted {w.requests} requests in the window: {ratio:.1%} of the limit "
+        f"(target >= 95%); 429s issued by the mock: {throttled}"
+    )
+    say(
+        f"     first request {w.startup_s * 1000:.0f} ms after release; busiest second "
         f"{w.busiest_second} requests (burst limit {limit[0]}); last request of the window "
-        f"{w.last_s:.1f} s after its start")
-    return {"limit": list(limit), "window_s": window, "allowed": allowed, "accepted": w.requests,
-            "busiest_second": w.busiest_second, "startup_ms": round(w.startup_s * 1000),
-            "ratio": round(ratio, 4), "throttled_429": throttled, "mock_statuses": statuses,
-            "backlog": backlog, "enqueue_dispositions": dict(counts)}
+        f"{w.last_s:.1f} s after its start"
+    )
+    return {
+        "limit": list(limit),
+        "window_s": window,
+        "allowed": allowed,
+        "accepted": w.requests,
+        "busiest_second": w.busiest_second,
+        "startup_ms": round(w.startup_s * 1000),
+        "ratio": round(ratio, 4),
+        "throttled_429": throttled,
+        "mock_statuses": statuses,
+        "backlog": backlog,
+        "enqueue_dispositions": dict(counts),
+    }
 
 
 def phase_bulk(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
@@ -383,9 +448,11 @@ def phase_bulk(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
     allowed = allowance(limit, window)
     backlog = int(allowed * BULK_JOB_EVENTS * 1.1)
     scaled = "" if limit == DOCUMENTED_BULK else " (scaled down from 10/150 for --quick)"
-    say(f"[2b] Bulk Create Events at saturation: limits {limit[0]} jobs/s burst, {limit[1]} "
+    say(
+        f"[2b] Bulk Create Events at saturation: limits {limit[0]} jobs/s burst, {limit[1]} "
         f"jobs/min steady{scaled}; window {window:g} s allows {allowed} jobs "
-        f"= {allowed * BULK_JOB_EVENTS} events")
+        f"= {allowed * BULK_JOB_EVENTS} events"
+    )
     say(f"     backlog of {backlog} events ({min(backlog, 20000)} profiles) held, then released")
     with stage(tmp, "bulk", vault, DOCUMENTED_EVENTS, limit, {}) as s:
         release = hold_delivery(s)
@@ -395,41 +462,62 @@ def phase_bulk(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
         throttled, statuses = mock_errors(s)
     ratio = w.requests / allowed
     event_ratio = w.events / (allowed * BULK_JOB_EVENTS)
-    say(f"     accepted {w.requests} jobs with {w.events} events in the window: {ratio:.1%} of "
+    say(
+        f"     accepted {w.requests} jobs with {w.events} events in the window: {ratio:.1%} of "
         f"the job limit, {event_ratio:.1%} of the event capacity (target >= 95%); 429s issued "
-        f"by the mock: {throttled}")
-    say(f"     first job {w.startup_s * 1000:.0f} ms after release; busiest second "
+        f"by the mock: {throttled}"
+    )
+    say(
+        f"     first job {w.startup_s * 1000:.0f} ms after release; busiest second "
         f"{w.busiest_second} jobs (burst limit {limit[0]}); last job of the window "
-        f"{w.last_s:.1f} s after its start")
-    return {"limit": list(limit), "window_s": window, "allowed_jobs": allowed,
-            "accepted_jobs": w.requests, "accepted_events": w.events, "ratio": round(ratio, 4),
-            "busiest_second": w.busiest_second, "startup_ms": round(w.startup_s * 1000),
-            "event_ratio": round(event_ratio, 4), "throttled_429": throttled,
-            "mock_statuses": statuses, "backlog": backlog,
-            "enqueue_dispositions": dict(counts)}
+        f"{w.last_s:.1f} s after its start"
+    )
+    return {
+        "limit": list(limit),
+        "window_s": window,
+        "allowed_jobs": allowed,
+        "accepted_jobs": w.requests,
+        "accepted_events": w.events,
+        "ratio": round(ratio, 4),
+        "busiest_second": w.busiest_second,
+        "startup_ms": round(w.startup_s * 1000),
+        "event_ratio": round(event_ratio, 4),
+        "throttled_429": throttled,
+        "mock_statuses": statuses,
+        "backlog": backlog,
+        "enqueue_dispositions": dict(counts),
+    }
 
 
 def phase_backlog(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
     n, limit = plan.backlog, plan.drain_limit
     profiles = min(n, 100_000)
     documented = limit == DOCUMENTED_BULK
-    say(f"[3] backlog of {n} clicks ({profiles} profiles) via StreamClicks in batches of 1000 "
-        "while delivery is held, then drained in bulk")
+    say(
+        f"[3] backlog of {n} clicks ({profiles} profiles) via StreamClicks in batches of 1000 "
+        "while delivery is held, then drained in bulk"
+    )
     if documented:
-        say(f"    drain limits: documented bulk {limit[0]}/s, {limit[1]}/min "
-            f"(at most {limit[1] * BULK_JOB_EVENTS} events/min)")
+        say(
+            f"    drain limits: documented bulk {limit[0]}/s, {limit[1]}/min "
+            f"(at most {limit[1] * BULK_JOB_EVENTS} events/min)"
+        )
     else:
-        say(f"    drain limits RAISED on mock and forwarder to bulk {limit[0]}/s, {limit[1]}/min "
+        say(
+            f"    drain limits RAISED on mock and forwarder to bulk {limit[0]}/s, {limit[1]}/min "
             f"to keep the run short (documented 10/s, 150/min would take "
-            f"{n / (DOCUMENTED_BULK[1] * BULK_JOB_EVENTS):.1f} min); memory is the point here")
+            f"{n / (DOCUMENTED_BULK[1] * BULK_JOB_EVENTS):.1f} min); memory is the point here"
+        )
     with stage(tmp, "backlog", vault, DOCUMENTED_EVENTS, limit, {}) as s:
         pid = s.fwd.process.pid if s.fwd.process else 0
         release = hold_delivery(s)
         built = time.monotonic()
         batches = build_batches(s.workspace_id, "bl", n, 1000, profiles)
         build_s = time.monotonic() - built
-        say(f"    built {len(batches)} batches in {build_s:.1f} s "
-            f"({sum(map(len, batches)) / 1e6:.0f} MB serialized)")
+        say(
+            f"    built {len(batches)} batches in {build_s:.1f} s "
+            f"({sum(map(len, batches)) / 1e6:.0f} MB serialized)"
+        )
         rss_start = peak_rss_mb(pid)
         with RssSampler(pid) as enqueue_rss:
             began = time.monotonic()
@@ -441,15 +529,21 @@ def phase_backlog(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
         asked = time.monotonic()
         queued = integration(s.fwd, s.workspace_id).delivery.queued_count
         status_ms = (time.monotonic() - asked) * 1000
-        say(f"    enqueued {n} clicks in {enqueue_s:.1f} s = {n / enqueue_s:,.0f} clicks/s "
+        say(
+            f"    enqueued {n} clicks in {enqueue_s:.1f} s = {n / enqueue_s:,.0f} clicks/s "
             f"(dispositions {dict(counts)}; queued in the outbox: {queued}, as GetIntegration "
-            f"reported in {status_ms:.0f} ms)")
+            f"reported in {status_ms:.0f} ms)"
+        )
         say(f"    server peak RSS: {rss_start:.0f} MB before, {hwm_enqueue:.0f} MB after enqueue")
         total = n + 1  # the probe click that got the first key rejected
         with RssSampler(pid) as drain_rss:
             released = release()
-            drained = wait_for(lambda: s.mock.timeline_count(s.account) >= total,
-                               plan.drain_timeout_s, f"{total} events at the mock", 0.5)
+            drained = wait_for(
+                lambda: s.mock.timeline_count(s.account) >= total,
+                plan.drain_timeout_s,
+                f"{total} events at the mock",
+                0.5,
+            )
             arrived = s.mock.accepted(s.account)
         delivered = sum(a.events for a in arrived)
         first = min((a.received_at for a in arrived), default=math.nan)
@@ -457,31 +551,51 @@ def phase_backlog(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
         drain_s = last - released
         hwm = peak_rss_mb(pid)
         _, children_hwm = tree_peak_rss_mb(pid)
-        wait_for(lambda: integration(s.fwd, s.workspace_id).delivery.queued_count == 0, 30,
-                 "the outbox to empty")
+        wait_for(
+            lambda: integration(s.fwd, s.workspace_id).delivery.queued_count == 0,
+            30,
+            "the outbox to empty",
+        )
         left = integration(s.fwd, s.workspace_id).delivery.queued_count
         throttled, statuses = mock_errors(s)
     drain_rate = delivered / drain_s if drain_s > 0 else math.nan
-    say(f"    drained {delivered} events in {drain_s:.1f} s = {drain_rate:,.0f} events/s "
+    say(
+        f"    drained {delivered} events in {drain_s:.1f} s = {drain_rate:,.0f} events/s "
         f"({drain_rate * 60 / 1000:,.0f}k/min; first job {(first - released) * 1000:.0f} ms "
-        f"after release){'' if drained else ' — INCOMPLETE'}; left in the outbox: {left}")
-    say(f"    server peak RSS (VmHWM) over the run: {hwm:.0f} MB (target <= {RSS_TARGET_MB:.0f}"
+        f"after release){'' if drained else ' — INCOMPLETE'}; left in the outbox: {left}"
+    )
+    say(
+        f"    server peak RSS (VmHWM) over the run: {hwm:.0f} MB (target <= {RSS_TARGET_MB:.0f}"
         f" MB; sampled peaks: enqueue {enqueue_rss.peak_mb:.0f} MB, drain "
-        f"{drain_rss.peak_mb:.0f} MB); 429s issued by the mock: {throttled}")
-    say(f"    with its intake worker processes (peak RSS of each, summed): {hwm:.0f} + "
-        f"{children_hwm:.0f} = {hwm + children_hwm:.0f} MB")
-    return {"backlog": n, "profiles": profiles, "drain_limit": list(limit),
-            "drain_limit_documented": documented, "build_s": round(build_s, 1),
-            "enqueue_s": round(enqueue_s, 2), "enqueue_per_s": round(n / enqueue_s),
-            "enqueue_dispositions": dict(counts), "delivered": delivered,
-            "get_integration_ms_full_outbox": round(status_ms, 1),
-            "complete": drained, "drain_s": round(drain_s, 1),
-            "drain_per_s": round(drain_rate), "left_in_outbox": left,
-            "peak_rss_mb_after_enqueue": round(hwm_enqueue, 1), "peak_rss_mb": round(hwm, 1),
-            "peak_rss_mb_with_workers": round(hwm + children_hwm, 1),
-            "sampled_peak_rss_mb_enqueue": round(enqueue_rss.peak_mb, 1),
-            "sampled_peak_rss_mb_drain": round(drain_rss.peak_mb, 1),
-            "throttled_429": throttled, "mock_statuses": statuses}
+        f"{drain_rss.peak_mb:.0f} MB); 429s issued by the mock: {throttled}"
+    )
+    say(
+        f"    with its intake worker processes (peak RSS of each, summed): {hwm:.0f} + "
+        f"{children_hwm:.0f} = {hwm + children_hwm:.0f} MB"
+    )
+    return {
+        "backlog": n,
+        "profiles": profiles,
+        "drain_limit": list(limit),
+        "drain_limit_documented": documented,
+        "build_s": round(build_s, 1),
+        "enqueue_s": round(enqueue_s, 2),
+        "enqueue_per_s": round(n / enqueue_s),
+        "enqueue_dispositions": dict(counts),
+        "delivered": delivered,
+        "get_integration_ms_full_outbox": round(status_ms, 1),
+        "complete": drained,
+        "drain_s": round(drain_s, 1),
+        "drain_per_s": round(drain_rate),
+        "left_in_outbox": left,
+        "peak_rss_mb_after_enqueue": round(hwm_enqueue, 1),
+        "peak_rss_mb": round(hwm, 1),
+        "peak_rss_mb_with_workers": round(hwm + children_hwm, 1),
+        "sampled_peak_rss_mb_enqueue": round(enqueue_rss.peak_mb, 1),
+        "sampled_peak_rss_mb_drain": round(drain_rss.peak_mb, 1),
+        "throttled_429": throttled,
+        "mock_statuses": statuses,
+    }
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -496,18 +610,35 @@ def _limit(text: str) -> tuple[int, int]:
 
 def make_plan(argv: list[str] | None) -> Plan:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: short phases, scaled-down limits, 20k backlog")
-    parser.add_argument("--backlog", type=int, default=None,
-                        help="clicks in the backlog phase (default 1000000; 20000 with --quick)")
-    parser.add_argument("--drain-limit", default=None, metavar="BURST/STEADY|documented",
-                        help="bulk limits while draining the backlog (default: documented up to "
-                             "300k events, else raised to 40/2400)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: short phases, scaled-down limits, 20k backlog",
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=None,
+        help="clicks in the backlog phase (default 1000000; 20000 with --quick)",
+    )
+    parser.add_argument(
+        "--drain-limit",
+        default=None,
+        metavar="BURST/STEADY|documented",
+        help="bulk limits while draining the backlog (default: documented up to "
+        "300k events, else raised to 40/2400)",
+    )
     parser.add_argument("--latency-rate", type=float, default=40.0, help="clicks/s in phase 1")
-    parser.add_argument("--phases", default="latency,singles,bulk,backlog",
-                        help="comma-separated subset of latency,singles,bulk,backlog")
-    parser.add_argument("--keep-tmp", action="store_true",
-                        help="keep the temporary folder (logs, accept logs) for inspection")
+    parser.add_argument(
+        "--phases",
+        default="latency,singles,bulk,backlog",
+        help="comma-separated subset of latency,singles,bulk,backlog",
+    )
+    parser.add_argument(
+        "--keep-tmp",
+        action="store_true",
+        help="keep the temporary folder (logs, accept logs) for inspection",
+    )
     args = parser.parse_args(argv)
     backlog = args.backlog if args.backlog is not None else (20_000 if args.quick else 1_000_000)
     if args.drain_limit is not None:
@@ -524,11 +655,12 @@ def make_plan(argv: list[str] | None) -> Plan:
         events_limit=(35, 350) if args.quick else DOCUMENTED_EVENTS,
         bulk_limit=(1, 10) if args.quick else DOCUMENTED_BULK,
         window_s=10.0 if args.quick else 60.0,
-        backlog=backlog, drain_limit=drain,
+        backlog=backlog,
+        drain_limit=drain,
         # Three times the limit's pace, and never assuming more than 2000 events/s of CPU.
-        drain_timeout_s=max(300.0, 3 * 60 * backlog / (drain[1] * BULK_JOB_EVENTS),
-                            backlog / 2000),
-        phases=phases, keep_tmp=args.keep_tmp,
+        drain_timeout_s=max(300.0, 3 * 60 * backlog / (drain[1] * BULK_JOB_EVENTS), backlog / 2000),
+        phases=phases,
+        keep_tmp=args.keep_tmp,
     )
 
 
@@ -551,11 +683,17 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(say, f"kept {tmp}")
         else:
             stack.callback(shutil.rmtree, tmp, True)
-        say(f"delivery benchmark ({'quick' if plan.window_s < 60 else 'full'}); all servers on "
-            "127.0.0.1; Klaviyo mock in its own process")
+        say(
+            f"delivery benchmark ({'quick' if plan.window_s < 60 else 'full'}); all servers on "
+            "127.0.0.1; Klaviyo mock in its own process"
+        )
         vault = start_openbao(stack)
-        for name, run in (("latency", phase_latency), ("singles", phase_singles),
-                          ("bulk", phase_bulk), ("backlog", phase_backlog)):
+        for name, run in (
+            ("latency", phase_latency),
+            ("singles", phase_singles),
+            ("bulk", phase_bulk),
+            ("backlog", phase_backlog),
+        ):
             if name not in plan.phases:
                 continue
             try:
