@@ -1,31 +1,93 @@
-"""``python -m server`` / ``elido-forwarder``: run the forwarder from environment settings."""
+"""``python -m server`` / ``elido-forwarder``: run or check the forwarder from environment settings.
+
+Exit status: 0 after a clean stop (or a clean check), 2 for any configuration problem, each
+printed as one line naming the variable, never as a traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
+from importlib import metadata
 
 import structlog
 
 from server._app import serve
+from server._check import check
 from server._config import ConfigError, load_config
 from server._logging import configure_logging
 
+DESCRIPTION = """\
+The Elido -> Klaviyo forwarder: takes clicks and conversions over gRPC and delivers them to
+Klaviyo. Configured only by environment variables (docs/operator.md#configuration-reference);
+secrets may be given as files with NAME_FILE (VAULT_TOKEN_FILE, VAULT_SECRET_ID_FILE).
+"""
 
-def main() -> int:
+EPILOG = """\
+commands:
+  serve (default)  run until SIGTERM/SIGINT; SIGHUP reloads the token file and TLS files
+  check            validate every setting, read the token and TLS files, look at the store,
+                   log in to Vault and check decrypt permission; one line per problem
+
+exit status: 0 ok, 2 a configuration problem (one line per problem, naming the variable)
+"""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("elido-klaviyo-forwarder")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elido-forwarder",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"elido-forwarder {_version()}")
+    parser.add_argument(
+        "command", nargs="?", default="serve", choices=("serve", "check"), help="what to do"
+    )
+    return parser
+
+
+def _check() -> int:
+    # The checks provoke expected refusals (the decrypt probe); only real errors are logged.
+    configure_logging("console", "critical")
+    problems = check(os.environ)
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 2
+    print("ok: settings, token file, TLS files, store and Vault (login, decrypt permission)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit status 2 for a configuration error."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "check":
+        return _check()
     try:
         config = load_config(os.environ)
-    except (ConfigError, ValueError) as exc:
+    except ConfigError as exc:
         configure_logging("console")
-        structlog.get_logger("server").error("bad configuration", error=str(exc))
+        for problem in exc.problems:
+            structlog.get_logger("server").error("bad configuration", error=problem)
         return 2
     configure_logging(config.server.log_format, config.server.log_level)
     try:
         asyncio.run(serve(config))
     except ConfigError as exc:
-        structlog.get_logger("server").error("bad configuration", error=str(exc))
+        for problem in exc.problems:
+            structlog.get_logger("server").error("bad configuration", error=problem)
         return 2
     return 0
 
