@@ -358,6 +358,10 @@ class KeyVault:
         message = f"{where}: {detail}"
         if isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
             return VaultDenied(message, workspace_id=workspace_id)
+        if op.endswith("_login") and isinstance(exc, hvac.exceptions.InvalidRequest):
+            # A refused login (bad secret id, a JWT expired, for another audience or signed
+            # by an unknown key): retrying the same credentials will not help.
+            return VaultDenied(message, workspace_id=workspace_id)
         if isinstance(
             exc,
             hvac.exceptions.VaultDown
@@ -382,7 +386,8 @@ class KeyVault:
         for secret in (*secrets, *self._secrets, self._client.token or ""):
             if secret:
                 text = text.replace(secret, "[redacted]")
-        return text[:_MAX_ERROR_TEXT]
+        # Vault's multi-error text ("1 error occurred:\n\t* ...") becomes one log-friendly line.
+        return " ".join(text.split())[:_MAX_ERROR_TEXT]
 
     def _encrypted(self, ciphertext: str, op: str, workspace_id: str) -> EncryptedKey:
         try:
