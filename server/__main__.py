@@ -78,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(os.environ)
     except ConfigError as exc:
-        configure_logging("console")
+        # The log format asked for, if that setting is not itself the problem.
+        wanted = os.environ.get("FORWARDER_LOG_FORMAT", "json").strip().lower()
+        configure_logging("console" if wanted == "console" else "json")
         for problem in exc.problems:
             structlog.get_logger("server").error("bad configuration", error=problem)
         return 2
