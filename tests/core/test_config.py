@@ -247,7 +247,8 @@ def test_check_reports_each_problem_on_one_line(
     assert len(lines) == 4, lines
     assert lines[0].startswith("FORWARDER_TOKENS_FILE: cannot read")
     assert lines[1].startswith("FORWARDER_TLS_CERT, FORWARDER_TLS_KEY:")
-    assert lines[2].startswith("FORWARDER_DB_PATH: ") and "is not a file" in lines[2]
+    assert lines[2].startswith("FORWARDER_DB_PATH: ")
+    assert "is not a file" in lines[2]
     assert "may not decrypt with transit/decrypt/elido-ws-" in lines[3]
     assert token not in result.stdout + result.stderr
 
