@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,28 @@ def test_check_reports_an_unreachable_vault(tmp_path: Path) -> None:
     assert result.returncode == 2
     [line] = result.stdout.splitlines()
     assert line.startswith("VAULT_ADDR: cannot log in to http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("variable", ["FORWARDER_LISTEN", "FORWARDER_METRICS_LISTEN"])
+def test_an_address_in_use_ends_start_up_with_one_line(
+    tmp_path: Path, openbao: VaultFixture, variable: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "VAULT_ADDR": openbao.addr,
+            "VAULT_TOKEN": openbao.forwarder_token,
+            "FORWARDER_DB_PATH": str(tmp_path / "forwarder.db"),
+            "FORWARDER_TOKENS_FILE": str(_tokens_file(tmp_path)),
+            "FORWARDER_LISTEN": "127.0.0.1:0",
+            "FORWARDER_INTAKE_WORKERS": "1",
+            "FORWARDER_LOG_FORMAT": "json",
+            variable: f"127.0.0.1:{port}",
+        }
+        result = _run(env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [json.loads(x) for x in result.stderr.splitlines() if "bad configuration" in x]
+    assert line["error"].startswith(f"{variable}: cannot listen on 127.0.0.1:{port}")
