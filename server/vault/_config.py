@@ -30,6 +30,9 @@ class VaultConfig:
 
     addr: str
     token: str | None = field(default=None, repr=False)
+    # Where ``token`` came from (VAULT_TOKEN_FILE): read again when Vault refuses the token,
+    # so a token rotated by a Vault Agent sink is picked up without a restart.
+    token_file: Path | None = None
     role_id: str | None = None
     secret_id: str | None = field(default=None, repr=False)
     approle_mount: str = "approle"
@@ -111,6 +114,7 @@ def vault_config(env: Env) -> VaultConfig | None:
     elif not addr.startswith(("http://", "https://")):
         env.problem(f"VAULT_ADDR must be an http:// or https:// URL, got {addr!r}")
     token = env.secret("VAULT_TOKEN")
+    token_file = env.path("VAULT_TOKEN_FILE") if token and not env.is_set("VAULT_TOKEN") else None
     role_id = env.optional("VAULT_ROLE_ID")
     secret_id = env.secret("VAULT_SECRET_ID")
     jwt_role = env.optional("VAULT_JWT_ROLE")
@@ -150,6 +154,7 @@ def vault_config(env: Env) -> VaultConfig | None:
     return VaultConfig(
         addr=addr,
         token=token,
+        token_file=token_file,
         role_id=role_id,
         secret_id=secret_id,
         approle_mount=env.text("VAULT_APPROLE_MOUNT", "approle"),

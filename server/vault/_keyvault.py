@@ -299,7 +299,9 @@ class KeyVault:
             return await self._run(op, workspace_id, fn, secrets)
         except VaultDenied:
             if self._config.login_method is None:
-                raise
+                if not await self._reread_token_file(generation):
+                    raise
+                return await self._run(op, workspace_id, fn, secrets)
             log.warning("vault.denied_relogin", op=op, workspace_id=workspace_id)
         await self._relogin(generation)
         return await self._run(op, workspace_id, fn, secrets)
@@ -414,6 +416,30 @@ class KeyVault:
             if self._token.generation != seen_generation:
                 return
             await self._login()
+
+    async def _reread_token_file(self, seen_generation: int) -> bool:
+        """After a refusal: take the token file's current token if it changed (a Vault Agent
+        sink rotates it). True if a different token is now in use."""
+        path = self._config.token_file
+        if path is None:
+            return False
+        async with self._auth_lock:
+            if self._token.generation != seen_generation:
+                return True  # another caller already took the new token
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                log.warning(
+                    "vault.token_file_unreadable", path=str(path), error_type=type(exc).__name__
+                )
+                return False
+            if not token or token == self._client.token:
+                return False
+            self._client.token = token
+            self._secrets = (*self._secrets, token)
+            log.info("vault.token_file_changed", path=str(path))
+            await self._lookup_static_token()
+            return True
 
     async def _authenticate(self) -> None:
         """Set up the token state: log in (AppRole, JWT), or look up the static token's TTL."""
@@ -538,6 +564,8 @@ class KeyVault:
             capped = await self._renew()
         except VaultError:
             if not can_relogin:
+                if await self._reread_token_file(state.generation):
+                    return
                 raise
             # Refused, expired or "past the max TTL" (which OpenBao reports as a 500): a fresh
             # login either works or fails with the real reason (e.g. Vault unreachable).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -102,5 +103,34 @@ async def test_token_without_transit_policy_is_denied(
     try:
         with pytest.raises(VaultDenied):
             await vault.encrypt(new_workspace_id(), private_key)
+    finally:
+        await vault.close()
+
+
+async def test_a_token_file_rotated_by_an_agent_is_read_again_when_vault_refuses(
+    openbao: VaultFixture, private_key: PrivateKey, tmp_path: Path
+) -> None:
+    """VAULT_TOKEN_FILE as a Vault Agent sink: the agent replaces the token; the forwarder
+    takes the new one at the first refusal of the old, without a restart."""
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(openbao.mint_token() + "\n")
+    config = VaultConfig.from_env({"VAULT_ADDR": openbao.addr, "VAULT_TOKEN_FILE": str(token_file)})
+    assert config.token_file == token_file
+    vault = KeyVault(config)
+    await vault.start()
+    try:
+        ws = new_workspace_id()
+        encrypted = await vault.encrypt(ws, private_key)
+        old = vault._client.token
+        openbao.root_client().auth.token.revoke(old)
+        token_file.write_text(openbao.mint_token())
+        vault.forget(ws)
+        with capture_logs() as logs:
+            assert await vault.decrypt(ws, encrypted.ciphertext) == private_key
+        assert [e["event"] for e in logs].count("vault.token_file_changed") == 1
+        # The file still holds the refused token: the refusal stands (fail closed).
+        openbao.root_client().auth.token.revoke(vault._client.token)
+        with pytest.raises(VaultDenied):
+            await vault.encrypt(ws, private_key)
     finally:
         await vault.close()
