@@ -103,7 +103,7 @@ def _server_config(env: Env) -> ServerConfig:
         env.problem("FORWARDER_TOKENS_FILE is required: every RPC is authenticated against it")
     log_format = env.choice("FORWARDER_LOG_FORMAT", "json", ("json", "console"))
     return ServerConfig(
-        listen=env.listen("FORWARDER_LISTEN", DEFAULT_LISTEN),
+        listen=env.listen("FORWARDER_LISTEN", DEFAULT_LISTEN, unix=True),
         tokens_file=tokens_file,
         tls=_tls_config(env),
         grace_s=env.number("FORWARDER_GRACE_S", 10.0, minimum=0),

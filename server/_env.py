@@ -122,11 +122,14 @@ class Env:
         raw = self.text(name)
         return Path(raw) if raw else None
 
-    def listen(self, name: str, default: str, *, default_host: str = "") -> str:
-        """A ``host:port`` address (``[v6]:port`` too); ``:port`` gets ``default_host``."""
+    def listen(self, name: str, default: str, *, default_host: str = "", unix: bool = False) -> str:
+        """A ``host:port`` address (``[v6]:port`` too); ``:port`` gets ``default_host``.
+        With ``unix``, gRPC's ``unix:PATH`` socket addresses are accepted as well."""
         raw = self.text(name)
         if not raw:
             return default
+        if unix and raw.startswith("unix:") and len(raw) > len("unix:"):
+            return raw
         match = _LISTEN.fullmatch(raw)
         if match is None or int(match["port"]) > 65535:
             self.problem(f"{name} must be host:port with a port from 0 to 65535, got {raw!r}")

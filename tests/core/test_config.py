@@ -87,6 +87,13 @@ def test_metrics_port_alone_means_loopback() -> None:
     assert config.server.metrics_listen == "127.0.0.1:9464"
 
 
+@pytest.mark.parametrize(
+    "address", ["0.0.0.0:50051", "[::1]:50051", "[::]:0", "localhost:1", "unix:/run/fwd.sock"]
+)
+def test_listen_addresses_grpc_accepts_are_accepted(address: str) -> None:
+    assert load_config({**BASE, "FORWARDER_LISTEN": address}).server.listen == address
+
+
 def test_tls_settings_go_together() -> None:
     assert _problems(FORWARDER_TLS_CERT="/c.pem")[0].startswith("FORWARDER_TLS_CERT and")
     assert _problems(FORWARDER_TLS_CLIENT_CA="/ca.pem")[0].startswith("FORWARDER_TLS_CLIENT_CA")
