@@ -35,6 +35,9 @@ class VaultConfig:
     token_file: Path | None = None
     role_id: str | None = None
     secret_id: str | None = field(default=None, repr=False)
+    # Where ``secret_id`` came from (VAULT_SECRET_ID_FILE): read again at every login, so a
+    # secret id rotated by the orchestrator is used without a restart.
+    secret_id_file: Path | None = None
     approle_mount: str = "approle"
     jwt_role: str | None = None
     jwt_file: Path | None = None
@@ -117,6 +120,11 @@ def vault_config(env: Env) -> VaultConfig | None:
     token_file = env.path("VAULT_TOKEN_FILE") if token and not env.is_set("VAULT_TOKEN") else None
     role_id = env.optional("VAULT_ROLE_ID")
     secret_id = env.secret("VAULT_SECRET_ID")
+    secret_id_file = (
+        env.path("VAULT_SECRET_ID_FILE")
+        if secret_id and not env.is_set("VAULT_SECRET_ID")
+        else None
+    )
     jwt_role = env.optional("VAULT_JWT_ROLE")
     jwt_file = env.path("VAULT_JWT_FILE")
     if bool(role_id) != bool(secret_id) and not env.is_set("VAULT_SECRET_ID_FILE"):
@@ -157,6 +165,7 @@ def vault_config(env: Env) -> VaultConfig | None:
         token_file=token_file,
         role_id=role_id,
         secret_id=secret_id,
+        secret_id_file=secret_id_file,
         approle_mount=env.text("VAULT_APPROLE_MOUNT", "approle"),
         jwt_role=jwt_role,
         jwt_file=jwt_file,

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import hvac
@@ -491,6 +492,19 @@ class KeyVault:
         )
         self._take_login(resp, "JWT")
 
+    def _read_secret_id_file(self, path: Path) -> str | None:
+        """The file's secret id (rotated by the orchestrator); None keeps the one from start."""
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning(
+                "vault.secret_id_file_unreadable", path=str(path), error_type=type(exc).__name__
+            )
+            return None
+        if value and value not in self._secrets:
+            self._secrets = (*self._secrets, value)
+        return value or None
+
     def _take_login(self, resp: Any, method: str) -> None:
         auth = resp.get("auth") if isinstance(resp, dict) else None
         token = auth.get("client_token") if isinstance(auth, dict) else None
@@ -505,6 +519,8 @@ class KeyVault:
         assert self._config.role_id is not None
         assert self._config.secret_id is not None
         role_id, secret_id = self._config.role_id, self._config.secret_id
+        if self._config.secret_id_file is not None:
+            secret_id = self._read_secret_id_file(self._config.secret_id_file) or secret_id
         resp = await self._run(
             "approle_login",
             None,

@@ -134,3 +134,34 @@ async def test_a_token_file_rotated_by_an_agent_is_read_again_when_vault_refuses
             await vault.encrypt(ws, private_key)
     finally:
         await vault.close()
+
+
+async def test_a_rotated_secret_id_file_is_used_at_the_next_login(
+    openbao: VaultFixture, private_key: PrivateKey, tmp_path: Path
+) -> None:
+    role = f"r-{new_workspace_id()}"
+    creds = openbao.approle_credentials(role_name=role)
+    secret_file = tmp_path / "secret-id"
+    secret_file.write_text(creds.secret_id + "\n")
+    config = VaultConfig.from_env(
+        {
+            "VAULT_ADDR": openbao.addr,
+            "VAULT_ROLE_ID": creds.role_id,
+            "VAULT_SECRET_ID_FILE": str(secret_file),
+        }
+    )
+    vault = KeyVault(config)
+    await vault.start()
+    try:
+        ws = new_workspace_id()
+        await vault.encrypt(ws, private_key)
+        # The orchestrator rotates the secret id: a new one in the file, the old one destroyed.
+        root = openbao.root_client()
+        new_secret = root.auth.approle.generate_secret_id(role)["data"]["secret_id"]
+        secret_file.write_text(new_secret)
+        root.auth.approle.destroy_secret_id(role, creds.secret_id)
+        root.auth.token.revoke(vault._client.token)
+        encrypted = await vault.encrypt(ws, private_key)  # re-login with the new secret id
+        assert await vault.decrypt(ws, encrypted.ciphertext) == private_key
+    finally:
+        await vault.close()
