@@ -13,7 +13,13 @@ the Klaviyo mock in a separate process, and prints, for one run on this machine:
    b. Bulk Create Events at saturation (up to 1000 events per job);
 3. a backlog (1,000,000 clicks by default) enqueued through ``StreamClicks`` in batches of
    1000 while delivery is held, then drained to the mock in bulk: enqueue rate, drain rate, and
-   the server's peak RSS (VmHWM of its pid).
+   the server's peak RSS (VmHWM of its pid);
+4. three replicas on one PostgreSQL database (``--phases replicas``): two workspaces of one
+   Klaviyo account, clicks streamed to all three, delivered one event per request at the
+   account's limits — the ratio of the limit reached and the 429s, across replicas; then the
+   owner of the account's lease is SIGKILLed mid-delivery and the first delivery by another
+   replica is timed against the lease's TTL; then the p99 from ForwardClick (round-robin over
+   the survivors) to Klaviyo's 202, below the single-event limit.
 
 Why the windows: Klaviyo's steady limit is a 60 s sliding window, so the only honest delivery
 ratio counts a window of (a multiple of) 60 s from the first accepted request — any shorter
@@ -77,6 +83,7 @@ from bench._common import (  # noqa: E402
     tree_peak_rss_mb,
 )
 from tests.support.forwarder import ForwarderProcess  # noqa: E402
+from tests.support.postgres import PostgresServer  # noqa: E402
 
 STREAM_METHOD = "/elido.forwarder.v1.ForwarderService/StreamClicks"
 DOCUMENTED_EVENTS = (350, 3500)  # Create Event: burst per s, steady per min
@@ -598,6 +605,131 @@ def phase_backlog(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
     }
 
 
+def phase_replicas(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
+    limit, window, ttl = plan.events_limit, plan.window_s, 5.0
+    allowed = allowance(limit, window)
+    backlog = int(allowed * 1.3) + 50
+    say(
+        f"[4] three replicas on one PostgreSQL: one account (two workspaces, one key), limits "
+        f"{limit[0]}/s burst, {limit[1]}/min steady, single events; lease TTL {ttl:g} s"
+    )
+    with contextlib.ExitStack() as stack:
+        postgres = PostgresServer()
+        postgres.start()
+        stack.callback(postgres.close)
+        url = postgres.create_database()
+        mock = KlaviyoMockProcess(tmp / "replicas" / "mock", limit, DOCUMENTED_BULK)
+        stack.callback(mock.stop)
+        mock.start()
+        env = {
+            **BASE_ENV,
+            "KLAVIYO_EVENTS_BURST_PER_S": str(limit[0]),
+            "KLAVIYO_EVENTS_STEADY_PER_MIN": str(limit[1]),
+            "FORWARDER_SINGLE_THRESHOLD": "1000000",
+            "FORWARDER_LEASE_TTL_S": str(ttl),
+        }
+        fleet = []
+        for name in ("a", "b", "c"):
+            fwd = ForwarderProcess(
+                tmp / "replicas" / name, vault.addr, vault.token, mock.base_url, env,
+                database_url=url,
+            )  # fmt: skip
+            stack.callback(fwd.stop)
+            fwd.start()
+            fleet.append(fwd)
+        account, held_key, key = "acct-replicas", new_key(), new_key()
+        workspaces = [f"bench-replicas-{i}-{secrets.token_hex(4)}" for i in range(2)]
+        # Held while the backlog is enqueued: a key the mock does not know is rejected.
+        for ws, fwd in zip(workspaces, fleet, strict=False):
+            register(fwd, ws, held_key)
+        fleet[0].stub().ForwardClick(
+            pb.ForwardClickRequest(
+                click=click(workspaces[0], "probe", "p@example.com", time.time())
+            ),
+            metadata=tuple(fleet[0].ingest()),
+            timeout=30,
+        )
+        wait_for(
+            lambda: integration(fleet[0], workspaces[0]).state == pb.INTEGRATION_STATE_KEY_REJECTED,
+            30,
+            "the held key to be rejected",
+        )
+        per_replica = backlog // 3
+        enqueued = 1 + 3 * 2 * (per_replica // 2)  # the probe, and each replica's share
+        for i, fwd in enumerate(fleet):
+            for w, ws in enumerate(workspaces):
+                stream(fwd, build_batches(ws, f"r{i}w{w}", per_replica // 2, 1000, 5000))
+        mock.add_key(key, account)
+        released = time.time()
+        for ws, fwd in zip(workspaces, fleet, strict=False):
+            register(fwd, ws, key)
+        stage_view = Stage(mock, fleet[0], workspaces[0], account)
+        w = _rate_in_window(stage_view, "events", window, released, 60)
+        ratio = w.requests / allowed
+        throttled, _ = mock_errors(stage_view)
+        say(
+            f"    accepted {w.requests} requests in the {window:g} s window: {ratio:.1%} of the "
+            f"account's limit (target >= 95%); busiest second {w.busiest_second}; 429s: {throttled}"
+        )
+        owner = fleet[0].database.value(
+            "SELECT owner FROM leases WHERE name LIKE 'account:%' ORDER BY expires_at DESC LIMIT 1"
+        )
+        victim = next(f for f in fleet if f.data_dir.name == owner)
+        before = len(mock.accepted(account))
+        victim.kill()
+        killed = time.time()
+        wait_for(lambda: any(a.received_at > killed + 0.05 for a in mock.accepted(account)),
+                 ttl + 30, "a delivery after the kill")  # fmt: skip
+        after = [a.received_at for a in mock.accepted(account) if a.received_at > killed + 0.05]
+        takeover = min(after) - killed if after else math.nan
+        say(
+            f"    SIGKILLed the lease owner ({owner}) after {before} requests; first delivery by "
+            f"another replica {takeover:.2f} s later (target <= TTL + 1 s = {ttl + 1:g} s)"
+        )
+        survivors = [f for f in fleet if f is not victim]
+        wait_for(lambda: len(mock.accepted(account)) >= enqueued, 600, "the backlog to drain")
+        # Latency below the single-event limit, through the surviving replicas.
+        rate, count = (
+            min(plan.latency_rate_per_s, limit[1] / 60 * 0.7),
+            int(plan.latency_seconds * 10),
+        )
+        sent: dict[str, float] = {}
+        start = time.monotonic()
+        for i in range(count):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            fwd = survivors[i % len(survivors)]
+            c = click(workspaces[i % 2], f"lat-{i}", f"lat{i}@example.com", time.time())
+            fwd.stub().ForwardClick(
+                pb.ForwardClickRequest(click=c), metadata=tuple(fwd.ingest()), timeout=30
+            )
+            sent[c.click_id] = time.time()
+        wait_for(lambda: sum(1 for a in mock.accepted(account) if a.unique_id in sent) >= count,
+                 60, "every latency click")  # fmt: skip
+        latencies = [a.received_at - sent[a.unique_id] for a in mock.accepted(account)
+                     if a.unique_id in sent]  # fmt: skip
+        throttled, statuses = mock_errors(stage_view)
+        p99 = percentile(latencies, 99) * 1000
+        say(
+            f"    ForwardClick at {rate:.0f}/s over {len(survivors)} replicas -> Klaviyo 202: "
+            f"p50 {percentile(latencies, 50) * 1000:.0f} ms, p99 {p99:.0f} ms (target < 1000 ms); "
+            f"429s over the whole phase: {throttled}"
+        )
+    return {
+        "limit": list(limit),
+        "window_s": window,
+        "allowed": allowed,
+        "accepted": w.requests,
+        "ratio": round(ratio, 4),
+        "takeover_s": round(takeover, 3),
+        "lease_ttl_s": ttl,
+        "latency_p99_ms": round(p99, 1),
+        "throttled_429": throttled,
+        "mock_statuses": statuses,
+    }
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -631,8 +763,8 @@ def make_plan(argv: list[str] | None) -> Plan:
     parser.add_argument("--latency-rate", type=float, default=40.0, help="clicks/s in phase 1")
     parser.add_argument(
         "--phases",
-        default="latency,singles,bulk,backlog",
-        help="comma-separated subset of latency,singles,bulk,backlog",
+        default="latency,singles,bulk,backlog,replicas",
+        help="comma-separated subset of latency,singles,bulk,backlog,replicas",
     )
     parser.add_argument(
         "--keep-tmp",
@@ -646,7 +778,7 @@ def make_plan(argv: list[str] | None) -> Plan:
     else:
         drain = DOCUMENTED_BULK if backlog <= 300_000 else (40, 2400)
     phases = frozenset(p.strip() for p in args.phases.split(",") if p.strip())
-    unknown = phases - {"latency", "singles", "bulk", "backlog"}
+    unknown = phases - {"latency", "singles", "bulk", "backlog", "replicas"}
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     return Plan(
@@ -693,6 +825,7 @@ def main(argv: list[str] | None = None) -> int:
             ("singles", phase_singles),
             ("bulk", phase_bulk),
             ("backlog", phase_backlog),
+            ("replicas", phase_replicas),
         ):
             if name not in plan.phases:
                 continue

@@ -274,9 +274,7 @@ def main() -> None:
         try:
             if postgres is not None:
                 postgres.start()
-                print(
-                    f"{postgres.version} on this machine (fsync=on, synchronous_commit=on)"
-                )
+                print(f"{postgres.version} on this machine (fsync=on, synchronous_commit=on)")
             print("no-op gRPC server (the gRPC ceiling)")
             noop = {}
             for batch in (100, 500):

@@ -19,6 +19,7 @@ from server._auth import TokenRegistry
 from server._config import ConfigError, ForwarderConfig
 from server._interceptors import AuthInterceptor, ObservabilityInterceptor
 from server._metrics import OUTBOX_DEPTH, OUTBOX_FAILED
+from server._reload import ReloadableServerCredentials, Reloader, load_tls, load_tokens
 from server.api._service import ForwarderService
 from server.delivery._engine import DeliveryEngine
 from server.delivery._klaviyo import KlaviyoClient
@@ -52,23 +53,27 @@ class Forwarder:
             else None
         )
         self._housekeeping: asyncio.Task[None] | None = None
+        self._reloader: Reloader | None = None
         self.port = 0
 
-    def _tokens(self) -> TokenRegistry:
-        path = self._config.server.tokens_file
-        if path is None:
-            raise ConfigError("FORWARDER_TOKENS_FILE is required: every RPC needs a bearer token")
-        try:
-            return TokenRegistry.from_file(path)
-        except OSError as exc:
-            raise ConfigError(
-                f"FORWARDER_TOKENS_FILE: cannot read {path}: {exc.strerror}"
-            ) from None
+    def reload(self) -> bool:
+        """Re-read the token file and the TLS files (SIGHUP); False if any part failed."""
+        if self._reloader is None:
+            _log.warning("reload ignored: the forwarder is not serving yet")
+            return False
+        return self._reloader.reload()
 
     async def start(self) -> int:
-        """Open everything and start serving; returns the bound port."""
+        """Open everything and start serving; returns the bound port.
+
+        Raises :class:`ConfigError` (naming the variable) for unusable files or addresses.
+        """
         cfg = self._config.server
-        tokens = self._tokens()
+        # Files first: a bad token file or certificate must stop start-up before anything opens.
+        tokens: TokenRegistry = load_tokens(cfg.tokens_file)
+        tls_credentials = (
+            ReloadableServerCredentials(load_tls(cfg.tls)) if cfg.tls is not None else None
+        )
         await self.store.open()  # applies migrations before any worker opens the file
         if self._workers is not None:
             await self._workers.start()
@@ -91,24 +96,16 @@ class Forwarder:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        if cfg.tls is None:
-            self.port = server.add_insecure_port(cfg.listen)
-        else:
-            credentials = grpc.ssl_server_credentials(
-                [(cfg.tls.key_file.read_bytes(), cfg.tls.cert_file.read_bytes())],
-                root_certificates=cfg.tls.client_ca_file.read_bytes()
-                if cfg.tls.client_ca_file
-                else None,
-                require_client_auth=cfg.tls.client_ca_file is not None,
-            )
-            self.port = server.add_secure_port(cfg.listen, credentials)
+        try:
+            self.port = self._bind(server, tls_credentials)
+        except ConfigError:
+            await self.stop()  # everything above is open: close it before reporting
+            raise
         await server.start()
         self._server = server
+        self._reloader = Reloader(cfg, tokens, tls_credentials)
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if cfg.metrics_listen:
-            host, _, port = cfg.metrics_listen.rpartition(":")
-            start_http_server(int(port), addr=host or "127.0.0.1")
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         if cfg.port_file is not None:
             cfg.port_file.write_text(str(self.port))
@@ -122,6 +119,33 @@ class Forwarder:
             else self._config.store.redacted_url(),
         )
         return self.port
+
+    def _bind(
+        self, server: grpc.aio.Server, tls_credentials: ReloadableServerCredentials | None
+    ) -> int:
+        """Bind the gRPC port and the metrics endpoint; ConfigError naming the variable."""
+        cfg = self._config.server
+        try:
+            if tls_credentials is None:
+                port = server.add_insecure_port(cfg.listen)
+            else:
+                port = server.add_secure_port(cfg.listen, tls_credentials.credentials)
+        except RuntimeError as exc:
+            raise ConfigError(
+                [f"FORWARDER_LISTEN: cannot listen on {cfg.listen} ({exc})"]
+            ) from None
+        if cfg.metrics_listen:
+            host, _, metrics_port = cfg.metrics_listen.rpartition(":")
+            try:
+                start_http_server(int(metrics_port), addr=host.strip("[]") or "127.0.0.1")
+            except OSError as exc:
+                raise ConfigError(
+                    [
+                        f"FORWARDER_METRICS_LISTEN: cannot listen on {cfg.metrics_listen}"
+                        f" ({exc.strerror or exc})"
+                    ]
+                ) from None
+        return port
 
     async def stop(self) -> None:
         """Drain: report NOT_SERVING, let in-flight RPCs finish within the grace, close."""
@@ -169,12 +193,14 @@ class Forwarder:
 
 
 async def serve(config: ForwarderConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain gracefully."""
+    """Run until SIGTERM or SIGINT, then drain gracefully; SIGHUP reloads rotated material."""
     forwarder = Forwarder(config)
-    await forwarder.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start: a SIGHUP sent as soon as the port is announced must not kill the process.
+    loop.add_signal_handler(signal.SIGHUP, forwarder.reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    await forwarder.start()
     await stopping.wait()
     await forwarder.stop()

@@ -37,3 +37,9 @@ DELIVERY_LATENCY: Final = Histogram(
 FAILED_EVENTS: Final = Counter(
     "forwarder_failed_events_total", "Events marked failed, by cause.", ["cause"]
 )
+CONFIG_RELOADS: Final = Counter(
+    "forwarder_config_reload_total",
+    "Reloads of rotated material on SIGHUP, by material (tokens, tls) and result"
+    " (success, failure; a failure keeps the previous material).",
+    ["material", "result"],
+)

@@ -35,6 +35,24 @@ def open_click_writer(config: StoreConfig) -> ClickWriter:
     return SqliteClickWriter(config)
 
 
+async def check_store(config: StoreConfig) -> list[str]:
+    """Problems that would stop the store from opening, one line each (changes nothing)."""
+    if isinstance(config, PostgresConfig):
+        from server.store.postgres._check import check_postgres
+
+        return await check_postgres(config)
+    from server.store.sqlite._check import check_sqlite
+
+    return check_sqlite(config)
+
+
+async def move_sqlite_to_postgres(source: SqliteConfig, target: PostgresConfig) -> dict[str, int]:
+    """Copy a SQLite store into an empty PostgreSQL database; the rows copied per table."""
+    from server.store._move import move_sqlite_to_postgres as move
+
+    return await move(source, target)
+
+
 __all__ = [
     "ClickWriter",
     "LeaseLost",
@@ -43,7 +61,9 @@ __all__ = [
     "Store",
     "StoreConfig",
     "StoreError",
+    "check_store",
     "is_postgres_url",
+    "move_sqlite_to_postgres",
     "open_click_writer",
     "open_store",
 ]

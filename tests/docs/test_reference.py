@@ -13,7 +13,8 @@ from tests.docs.conftest import repo_file
 EXECUTED = [repo_file("README.md"), repo_file("docs/operator.md")]
 LINKED = [*EXECUTED, repo_file("docs/architecture.md")]
 _ENV_READ = re.compile(
-    r"(?:env\.get|_number|_int|_path|text|number|integer)\(\s*(?:env,\s*)?\"([A-Z][A-Z0-9_]+)\""
+    r"(?:env\.get|_number|_int|_path|text|number|integer|positive|choice|listen|path|secret"
+    r"|optional|is_set)\(\s*(?:env,\s*)?f?\"([A-Z][A-Z0-9_]+)\""
 )
 
 

@@ -294,3 +294,9 @@ async def test_prune_forgets_expired_clicks_and_conversions(store: Store) -> Non
     assert await store.prune(NOW + 91 * 86400) == 2
     # Forgotten: the same ids are new again.
     assert await store.take_clicks([click("c1")], NOW) == [ClickOutcome.QUEUED]
+
+
+def test_the_database_password_never_shows() -> None:
+    config = PostgresConfig("postgresql://forwarder:s3cr3t-pw@db.internal:5432/forwarder")
+    assert "s3cr3t-pw" not in repr(config)
+    assert config.redacted_url() == "postgresql://forwarder:***@db.internal:5432/forwarder"
