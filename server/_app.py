@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from server import _tracing as tracing
 from server._auth import TokenRegistry
 from server._config import ConfigError, ForwarderConfig
 from server._interceptors import AuthInterceptor, ObservabilityInterceptor
@@ -73,9 +74,17 @@ class Forwarder:
         # Vault may be down now; intake must work anyway, so this never blocks on it.
         await self.vault.start()
         await self.delivery.start()
+        try:
+            tracing.configure()
+        except tracing.TracingConfigError as exc:
+            raise ConfigError(str(exc)) from None
         limit = cfg.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(), AuthInterceptor(tokens)],
+            interceptors=[
+                *tracing.server_interceptors(),
+                ObservabilityInterceptor(),
+                AuthInterceptor(tokens),
+            ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -136,6 +145,7 @@ class Forwarder:
         await self._client.aclose()
         await self.vault.close()
         await self.store.close()
+        tracing.shutdown()
         _log.info("stopped")
 
     async def _housekeep(self) -> None:
