@@ -19,7 +19,15 @@ from server import _tracing as tracing
 from server._auth import TokenRegistry
 from server._config import ConfigError, ForwarderConfig
 from server._interceptors import AuthInterceptor, ObservabilityInterceptor
-from server._metrics import OUTBOX_DEPTH, OUTBOX_FAILED
+from server._metrics import (
+    ACTIVE_WORKSPACES,
+    HOUSEKEEPING_LAST_SUCCESS,
+    OUTBOX_DEPTH,
+    OUTBOX_FAILED,
+    STORE_UP,
+    VAULT_UP,
+    record_build_info,
+)
 from server.api._service import ForwarderService
 from server.delivery._engine import DeliveryEngine
 from server.delivery._klaviyo import KlaviyoClient
@@ -113,6 +121,8 @@ class Forwarder:
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        record_build_info()
+        ACTIVE_WORKSPACES.set_function(lambda: self.delivery.active_workspaces)
         if cfg.metrics_listen:
             host, _, port = cfg.metrics_listen.rpartition(":")
             start_http_server(int(port), addr=host or "127.0.0.1")
@@ -152,9 +162,16 @@ class Forwarder:
         last_prune = 0.0
         while True:
             try:
-                queued, failed = await self.store.outbox_depth()
+                try:
+                    queued, failed = await self.store.outbox_depth()
+                except Exception:
+                    STORE_UP.set(0)
+                    raise
+                STORE_UP.set(1)
                 OUTBOX_DEPTH.set(queued)
                 OUTBOX_FAILED.set(failed)
+                VAULT_UP.set(1 if await self.vault.healthy() else 0)
+                HOUSEKEEPING_LAST_SUCCESS.set_to_current_time()
                 now = time.time()
                 if now - last_prune > PRUNE_INTERVAL_S:
                     pruned = await self.store.prune(now)

@@ -27,7 +27,13 @@ from typing import Final
 
 import structlog
 
-from server._metrics import DELIVERED, DELIVERY_LATENCY, FAILED_EVENTS, KLAVIYO_RESPONSES
+from server._metrics import (
+    DELIVERED,
+    DELIVERY_LATENCY,
+    FAILED_EVENTS,
+    KLAVIYO_RESPONSES,
+    LEASES,
+)
 from server._secret import PrivateKey
 from server.delivery._config import DeliveryConfig
 from server.delivery._klaviyo import Endpoint, KlaviyoClient, KlaviyoResult, Outcome
@@ -74,6 +80,11 @@ class DeliveryEngine:
         self._limiters: dict[bytes, AccountRateLimiter] = {}
         self._scheduler: asyncio.Task[None] | None = None
 
+    @property
+    def active_workspaces(self) -> int:
+        """Workspaces being delivered by this engine right now."""
+        return len(self._workers)
+
     def notify(self) -> None:
         """Events became due: look now rather than at the next poll."""
         self._wake.set()
@@ -118,9 +129,11 @@ class DeliveryEngine:
         try:
             while True:
                 now = self._clock()
-                if not await self._store.acquire_lease(
+                leased = await self._store.acquire_lease(
                     workspace_id, self._owner, config.lease_ttl_s, now
-                ):
+                )
+                LEASES.labels("acquired" if leased else "held_elsewhere").inc()
+                if not leased:
                     return  # another replica delivers this workspace
                 record = await self._store.get_integration(workspace_id)
                 if record is None or record.state is not IntegrationState.ACTIVE:
