@@ -79,7 +79,7 @@ async def stack(
             "FORWARDER_LISTEN": "127.0.0.1:0",
             "FORWARDER_DB_PATH": str(tmp_path / "forwarder.db"),
             "FORWARDER_TOKENS_FILE": str(tmp_path / "tokens.json"),
-            "FORWARDER_INTAKE_WORKERS": "0",
+            "FORWARDER_INTAKE_WORKERS": "1",
             "FORWARDER_GRACE_S": "2",
             "FORWARDER_POLL_INTERVAL_S": "0.1",
             "FORWARDER_RETRY_BASE_S": "0.1",
@@ -98,7 +98,8 @@ async def stack(
                 "ELIDO_SIDECAR_SPOOL_DIRECTORY": str(tmp_path / "spool"),
                 "ELIDO_SIDECAR_STREAM_TARGET": f"127.0.0.1:{port}",
                 "ELIDO_SIDECAR_STREAM_TOKEN": ingest,
-                "ELIDO_SIDECAR_STREAM_BATCH_LINGER_MS": "5",
+                # Long enough for two requests to share a batch (test_a_batch_of_two_requests...).
+                "ELIDO_SIDECAR_STREAM_BATCH_LINGER_MS": "400",
             },
         )
     )
@@ -221,6 +222,52 @@ async def test_a_refused_klaviyo_request_is_an_error_span_with_its_status(
     assert _hex(rpc.context.trace_id, 32) == EDGE_TRACE_ID[::-1]
     assert _parent_id(span) == rpc.context.span_id
     _assert_nothing_personal(list(exporter.get_finished_spans()))
+
+
+async def test_a_batch_of_two_traced_requests_links_to_both(
+    stack: Stack, klaviyo_mock: KlaviyoMock, exporter: InMemorySpanExporter
+) -> None:
+    workspace = new_workspace_id("trace")
+    await _register(stack, workspace)
+    traces = [secrets.token_hex(16) for _ in range(2)]
+    for i, trace_id in enumerate(traces):
+        click = click_record(i, workspace_id=workspace, click_id=f"linked-{i}")
+        status, _, _ = await http_request(
+            stack.sidecar.http_port,
+            "POST",
+            "/v1/clicks",
+            json.dumps(click).encode(),
+            {"traceparent": f"00-{trace_id}-{EDGE_SPAN_ID}-01"},
+        )
+        assert status == 202
+
+    def delivered() -> list[ReadableSpan]:
+        return _named(list(exporter.get_finished_spans()), "POST /api/events")
+
+    await wait_for(lambda: len(delivered()) >= 2, 20)
+    spans = list(exporter.get_finished_spans())
+    requests = {_hex(s.context.trace_id, 32): s for s in _named(spans, "POST /v1/clicks")}
+    assert set(traces) <= set(requests)
+    (batch,) = [
+        s
+        for s in _named(spans, "StreamClicks batch")
+        if s.kind is SpanKind.PRODUCER and len(s.links) == 2
+    ]
+    # A batch of two traces belongs to neither: a trace of its own, linked to both requests.
+    assert batch.parent is None
+    assert {_hex(link.context.trace_id, 32) for link in batch.links} == set(traces)
+    assert {link.context.span_id for link in batch.links} == {
+        requests[t].context.span_id for t in traces
+    }
+    (received,) = [
+        s
+        for s in _named(spans, "StreamClicks batch")
+        if s.kind is SpanKind.CONSUMER and _parent_id(s) == batch.context.span_id
+    ]
+    # Each click's Klaviyo request continues the batch's trace.
+    batch_trace = [s for s in delivered() if s.context.trace_id == batch.context.trace_id]
+    assert len(batch_trace) == 2
+    assert all(_parent_id(s) == received.context.span_id for s in batch_trace)
 
 
 def _assert_nothing_personal(spans: list[ReadableSpan]) -> None:
