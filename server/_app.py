@@ -76,16 +76,16 @@ class Forwarder:
         """Open everything and start serving; returns the bound port."""
         cfg = self._config.server
         tokens = self._tokens()
+        try:
+            tracing.configure()  # before anything starts: a bad OTEL_* setting stops here
+        except tracing.TracingConfigError as exc:
+            raise ConfigError(str(exc)) from None
         await self.store.open()  # applies migrations before any worker opens the file
         if self._workers is not None:
             await self._workers.start()
         # Vault may be down now; intake must work anyway, so this never blocks on it.
         await self.vault.start()
         await self.delivery.start()
-        try:
-            tracing.configure()
-        except tracing.TracingConfigError as exc:
-            raise ConfigError(str(exc)) from None
         limit = cfg.max_message_bytes
         server = grpc.aio.server(
             interceptors=[

@@ -14,6 +14,7 @@ import secrets
 import socket
 import subprocess
 import time
+import tomllib
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ import yaml
 from elido.forwarder.v1 import forwarder_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.deploy.conftest import DEPLOY, tool
+from tests.deploy.conftest import DEPLOY, REPO, tool
 from tests.support.forwarder import ForwarderProcess
 from tests.support.openbao import new_workspace_id
 
@@ -164,7 +165,8 @@ def test_the_metric_check_would_notice_a_renamed_metric(
 def test_build_info_and_the_health_gauges(metered: tuple[ForwarderProcess, int]) -> None:
     _, port = metered
     text = _scrape(port)
-    assert _value(text, "forwarder_build_info", version="0.1.0") == 1.0
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert _value(text, "forwarder_build_info", version=version) == 1.0
     start = _value(text, "forwarder_start_time_seconds")
     assert start is not None
     assert abs(start - time.time()) < 120
