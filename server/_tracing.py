@@ -16,7 +16,7 @@ What is traced, and how the edge's trace reaches Klaviyo:
 
 Switched on by the standard ``OTEL_*`` variables (``elido_common.tracing``). Nothing here imports
 OpenTelemetry until tracing is on, and the hooks cost one check of a module variable when it is
-off. Span attributes never carry keys, emails or click ids.
+off. The spans made here carry no keys, emails or click ids in attributes.
 """
 
 from __future__ import annotations
