@@ -6,10 +6,15 @@ opentelemetry-proto) receives what a forwarder subprocess exports.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -22,6 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from tests.deploy.conftest import REPO
+from tests.sidecar.helpers import click_record
+from tests.support.klaviyo import TEST_ACCOUNT, TEST_KEY
 from tests.support.openbao import new_workspace_id
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -161,3 +168,89 @@ def test_opentelemetry_is_not_imported_while_tracing_is_off(entry: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_one_trace_across_the_real_sidecar_and_forwarder_processes(
+    forwarder_factory: Any,
+    klaviyo_mock_thread: Any,
+    collector: tuple[Collector, int],
+    tmp_path: Path,
+) -> None:
+    servicer, port = collector
+    forwarder = forwarder_factory(
+        klaviyo_url=klaviyo_mock_thread.base_url, env=_otel(port, OTEL_TRACES_EXPORTER="otlp")
+    )
+    workspace = new_workspace_id("otlp")
+    forwarder.stub().RegisterIntegration(
+        pb.RegisterIntegrationRequest(workspace_id=workspace, private_key=TEST_KEY),
+        metadata=forwarder.admin(),
+        timeout=10,
+    )
+    http_port = _free_port()
+    log = (tmp_path / "sidecar.log").open("wb")
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "ingest_sidecar"],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{REPO}:{REPO / 'protos'}",
+            "ELIDO_SIDECAR_HTTP_PORT": str(http_port),
+            "ELIDO_SIDECAR_SPOOL_DIRECTORY": str(tmp_path / "spool"),
+            "ELIDO_SIDECAR_STREAM_TARGET": forwarder.target,
+            "ELIDO_SIDECAR_STREAM_TOKEN": forwarder.ingest_token,
+            **_otel(port, OTEL_TRACES_EXPORTER="otlp"),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    log.close()
+    try:
+        click = click_record(1, workspace_id=workspace, click_id="otlp-process-click")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{http_port}/v1/clicks",
+                    data=json.dumps(click).encode(),
+                    headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+                    method="POST",
+                )
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert response.status == 202
+                break
+            except OSError:
+                assert sidecar.poll() is None, (tmp_path / "sidecar.log").read_text()
+                assert time.monotonic() < deadline, "the sidecar did not start listening"
+                time.sleep(0.1)
+
+        def names() -> dict[str, list[tuple[dict[str, str], Any]]]:
+            found: dict[str, list[tuple[dict[str, str], Any]]] = {}
+            for resource, span in servicer.received():
+                if span.trace_id.hex() == TRACE_ID:
+                    found.setdefault(span.name, []).append((resource, span))
+            return found
+
+        deadline = time.monotonic() + 30
+        while "POST /api/events" not in names():
+            assert time.monotonic() < deadline, f"spans of the trace: {sorted(names())}"
+            time.sleep(0.2)
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        sidecar.wait(20)
+    spans = names()
+    ((http_resource, http),) = spans["POST /v1/clicks"]
+    batches = {r["service.name"]: s for r, s in spans["StreamClicks batch"]}
+    ((klaviyo_resource, klaviyo),) = spans["POST /api/events"]
+    assert http_resource["service.name"] == "elido-sidecar"
+    assert klaviyo_resource["service.name"] == "elido-forwarder"
+    assert http.parent_span_id.hex() == PARENT_ID
+    assert batches["elido-sidecar"].parent_span_id == http.span_id
+    assert batches["elido-forwarder"].parent_span_id == batches["elido-sidecar"].span_id
+    assert klaviyo.parent_span_id == batches["elido-forwarder"].span_id
+    assert "otlp-process-click" in [e.unique_id for e in klaviyo_mock_thread.timeline(TEST_ACCOUNT)]
