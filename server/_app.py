@@ -20,7 +20,7 @@ from server._auth import TokenRegistry
 from server._config import ConfigError, ForwarderConfig
 from server._interceptors import AuthInterceptor, ObservabilityInterceptor
 from server._metrics import (
-    ACTIVE_WORKSPACES,
+    ACTIVE_LEASES,
     HOUSEKEEPING_LAST_SUCCESS,
     OUTBOX_DEPTH,
     OUTBOX_FAILED,
@@ -122,7 +122,7 @@ class Forwarder:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         record_build_info()
-        ACTIVE_WORKSPACES.set_function(lambda: self.delivery.active_workspaces)
+        ACTIVE_LEASES.set_function(lambda: self.delivery.active_leases)
         if cfg.metrics_listen:
             host, _, port = cfg.metrics_listen.rpartition(":")
             start_http_server(int(port), addr=host or "127.0.0.1")

@@ -62,13 +62,13 @@ HOUSEKEEPING_LAST_SUCCESS: Final = Gauge(
     "When the store and Vault checks last completed (Unix time).",
 )
 LEASES: Final = Counter(
-    "forwarder_delivery_lease_attempts_total",
-    "Attempts to take or renew a workspace's delivery lease, by result.",
+    "forwarder_delivery_leases_total",
+    "Delivery leases taken (acquired), refused (held_elsewhere) or lost (lost), by result.",
     ["result"],
 )
-ACTIVE_WORKSPACES: Final = Gauge(
-    "forwarder_delivery_active_workspaces",
-    "Workspaces this replica is delivering right now (holding or seeking their lease).",
+ACTIVE_LEASES: Final = Gauge(
+    "forwarder_delivery_active_leases",
+    "Delivery leases this replica holds or is taking right now.",
 )
 RATELIMIT_BLOCKS: Final = Counter(
     "forwarder_ratelimit_blocks_total",

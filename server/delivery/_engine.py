@@ -81,8 +81,8 @@ class DeliveryEngine:
         self._scheduler: asyncio.Task[None] | None = None
 
     @property
-    def active_workspaces(self) -> int:
-        """Workspaces being delivered by this engine right now."""
+    def active_leases(self) -> int:
+        """Delivery leases this engine holds or is taking right now."""
         return len(self._workers)
 
     def notify(self) -> None:

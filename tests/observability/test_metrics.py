@@ -148,7 +148,7 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported(
         "forwarder_vault_up",
         "forwarder_store_up",
         "forwarder_build_info",
-        "forwarder_delivery_lease_attempts_total",
+        "forwarder_delivery_leases_total",
         "forwarder_ratelimit_blocks_total",
     ):
         assert name in _used_metrics(alerts + dashboard), name
@@ -250,7 +250,7 @@ def test_label_values_never_carry_request_data(
                 assert not any(w in value for w in workspaces), (sample.name, value)
                 assert not value.startswith("pk_")
     assert series > 20
-    acquired = _value(text, "forwarder_delivery_lease_attempts_total", result="acquired")
+    acquired = _value(text, "forwarder_delivery_leases_total", result="acquired")
     assert acquired is not None
     assert acquired >= 1
 
