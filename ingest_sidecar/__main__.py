@@ -10,6 +10,7 @@ import sys
 
 import structlog
 
+from . import _tracing
 from ._config import ConfigError, SidecarConfig, load_config
 from ._sidecar import Sidecar
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
+        _tracing.configure()
     except ConfigError as exc:
         parser.exit(2, f"elido-sidecar: {exc}\n")
     configure_logging(config.log.level, config.log.json)

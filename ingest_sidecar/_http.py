@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import structlog
 
+from . import _tracing
 from ._config import HttpConfig
 from ._intake import Intake
 from ._metrics import Metrics
@@ -163,7 +164,7 @@ class HttpServer:
                     writer, 405, {"error": "use POST"}, keep_alive, extra={"Allow": "POST"}
                 )
                 return keep_alive
-            status, payload, extra = await self._post_clicks(body)
+            status, payload, extra = await _tracing.http_request(headers, self._post_clicks(body))
             await self._respond(writer, status, payload, keep_alive, extra=extra)
         elif path == "/healthz" and method in ("GET", "HEAD"):
             ok, details = self._health()

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from . import _tracing
 from ._config import SidecarConfig
 from ._extract import Extractor
 from ._http import HttpServer
@@ -97,6 +98,7 @@ class Sidecar:
                 await asyncio.wait_for(stream_task, 2.0)
         if self.spool is not None:
             await self.spool.close()
+        _tracing.shutdown()
         log.info("stopped", unacked_clicks=self.spool.unacked if self.spool else 0)
 
     async def run_until(self, stop: asyncio.Event) -> None:

@@ -34,6 +34,7 @@ from typing import Final
 
 import structlog
 
+from . import _tracing
 from ._config import FullPolicy, SpoolConfig
 from ._metrics import Metrics
 
@@ -269,6 +270,7 @@ class Spool:
         self._current.size += len(data)
         self._total_bytes += len(data)
         self._next_seq += len(payloads)
+        _tracing.spooled(self._next_seq - len(payloads), self._next_seq)
         self._write_pos = Position(self._next_seq, self._current.base, self._current.size)
         now = time.monotonic()
         if not self._append_times or now - self._append_times[-1][1] > 0.05:

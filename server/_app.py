@@ -15,10 +15,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from server import _tracing as tracing
 from server._auth import TokenRegistry
 from server._config import ConfigError, ForwarderConfig
 from server._interceptors import AuthInterceptor, ObservabilityInterceptor
-from server._metrics import OUTBOX_DEPTH, OUTBOX_FAILED
+from server._metrics import (
+    ACTIVE_LEASES,
+    HOUSEKEEPING_LAST_SUCCESS,
+    OUTBOX_DEPTH,
+    OUTBOX_FAILED,
+    STORE_UP,
+    VAULT_UP,
+    record_build_info,
+)
 from server._reload import ReloadableServerCredentials, Reloader, load_tls, load_tokens
 from server.api._service import ForwarderService
 from server.delivery._engine import DeliveryEngine
@@ -74,6 +83,10 @@ class Forwarder:
         tls_credentials = (
             ReloadableServerCredentials(load_tls(cfg.tls)) if cfg.tls is not None else None
         )
+        try:
+            tracing.configure()  # before anything starts: a bad OTEL_* setting stops here
+        except tracing.TracingConfigError as exc:
+            raise ConfigError([str(exc)]) from None
         await self.store.open()  # applies migrations before any worker opens the file
         if self._workers is not None:
             await self._workers.start()
@@ -82,7 +95,11 @@ class Forwarder:
         await self.delivery.start()
         limit = cfg.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(), AuthInterceptor(tokens)],
+            interceptors=[
+                *tracing.server_interceptors(),
+                ObservabilityInterceptor(),
+                AuthInterceptor(tokens),
+            ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -106,6 +123,8 @@ class Forwarder:
         self._reloader = Reloader(cfg, tokens, tls_credentials)
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        record_build_info()
+        ACTIVE_LEASES.set_function(lambda: self.delivery.active_leases)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         if cfg.port_file is not None:
             cfg.port_file.write_text(str(self.port))
@@ -164,15 +183,23 @@ class Forwarder:
         await self._client.aclose()
         await self.vault.close()
         await self.store.close()
+        tracing.shutdown()
         _log.info("stopped")
 
     async def _housekeep(self) -> None:
         last_prune = 0.0
         while True:
             try:
-                queued, failed = await self.store.outbox_depth()
+                try:
+                    queued, failed = await self.store.outbox_depth()
+                except Exception:
+                    STORE_UP.set(0)
+                    raise
+                STORE_UP.set(1)
                 OUTBOX_DEPTH.set(queued)
                 OUTBOX_FAILED.set(failed)
+                VAULT_UP.set(1 if await self.vault.healthy() else 0)
+                HOUSEKEEPING_LAST_SUCCESS.set_to_current_time()
                 now = time.time()
                 if now - last_prune > PRUNE_INTERVAL_S:
                     last_prune = now

@@ -13,6 +13,7 @@ import structlog
 from elido.forwarder.v1 import forwarder_pb2 as pb
 from elido.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
 
+from server import _tracing as tracing
 from server._errors import (
     ApiError,
     Reason,
@@ -230,6 +231,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         if isinstance(click, list):
             raise invalid_argument(click, "click")
         outcome = await self._clicks.take(click)
+        tracing.remember(request.click.click_id)
         INTAKE.labels("click", outcome.value).inc()
         if outcome is ClickOutcome.QUEUED:
             self._wakeup.notify()
@@ -294,6 +296,12 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             try:
                 async for request in request_iterator:
                     batch = self._start_batch(request, previous, lane, order)
+                    tracing.trace_batch(
+                        request.batch_id,
+                        (click.click_id for click in request.clicks),
+                        request.trace_context,
+                        batch,
+                    )
                     previous = request.batch_id
                     await pending.put((request, batch))
             except ApiError as error:
@@ -331,6 +339,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         if isinstance(conversion, list):
             raise invalid_argument(conversion, "conversion")
         outcome = await self._store.take_conversion(conversion, time.time())
+        tracing.remember(request.conversion.conversion_id)
         INTAKE.labels("conversion", outcome.value).inc()
         if outcome is ConversionOutcome.QUEUED:
             self._wakeup.notify()

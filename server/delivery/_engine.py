@@ -39,7 +39,13 @@ from typing import Final
 
 import structlog
 
-from server._metrics import DELIVERED, DELIVERY_LATENCY, FAILED_EVENTS, KLAVIYO_RESPONSES
+from server._metrics import (
+    DELIVERED,
+    DELIVERY_LATENCY,
+    FAILED_EVENTS,
+    KLAVIYO_RESPONSES,
+    LEASES,
+)
 from server._secret import PrivateKey
 from server.delivery._config import DeliveryConfig
 from server.delivery._klaviyo import Endpoint, KlaviyoClient, KlaviyoResult, Outcome
@@ -157,6 +163,11 @@ class DeliveryEngine:
         self._limiters: dict[str, AccountRateLimiter] = {}
         self._scheduler: asyncio.Task[None] | None = None
 
+    @property
+    def active_leases(self) -> int:
+        """Delivery leases this engine holds or is taking right now."""
+        return len(self._workers)
+
     def notify(self) -> None:
         """Events became due: look now rather than at the next poll."""
         self._wake.set()
@@ -202,6 +213,7 @@ class DeliveryEngine:
         renewer: asyncio.Task[None] | None = None
         try:
             lease = await self._store.acquire_lease(name, self.owner, self._config.lease_ttl_s)
+            LEASES.labels("held_elsewhere" if lease is None else "acquired").inc()
             if lease is None:
                 return  # another replica delivers this account
             limiter = self._limiter(name)
@@ -220,6 +232,7 @@ class DeliveryEngine:
         except asyncio.CancelledError:
             raise
         except LeaseLost as exc:
+            LEASES.labels("lost").inc()
             log.warning("delivery stopped: lease lost", reason=str(exc))
             held = None  # not ours to release
         except Exception:

@@ -32,6 +32,7 @@ from typing import Final
 
 import structlog
 
+from server._metrics import RATELIMIT_BLOCKS, RATELIMIT_WAIT
 from server.delivery._klaviyo import Endpoint, KlaviyoResult, Outcome
 
 log = structlog.get_logger(__name__)
@@ -120,7 +121,8 @@ class AccountRateLimiter:
         """Waits until a request to ``endpoint`` is allowed, then reserves it."""
         # ASYNC110 wants an Event, but the wait is for the clock (a window sliding), which no
         # one could set; a sleep of exactly the computed delay is the right primitive.
-        while (wait := self.delay(endpoint)) > 0:  # noqa: ASYNC110
+        while (wait := self.delay(endpoint)) > 0:
+            RATELIMIT_WAIT.labels(str(endpoint)).inc(wait)
             await asyncio.sleep(wait)
         # No await between the last delay() and reserve(): concurrent acquirers cannot both
         # take the last slot.
@@ -194,6 +196,7 @@ class AccountRateLimiter:
     ) -> None:
         wait = min(max(0.0, wait), self._config.max_block_s)
         if now + wait > state.blocked_until:
+            RATELIMIT_BLOCKS.labels(str(endpoint), why.replace(" ", "_")).inc()
             state.blocked_until = now + wait
             log.info(
                 "klaviyo.rate_limit.blocked",
