@@ -10,12 +10,14 @@ import sys
 
 import structlog
 
+from elido_common.redaction import redact_secrets
+
 from ._config import ConfigError, SidecarConfig, load_config
 from ._sidecar import Sidecar
 
 
 def configure_logging(level: str, as_json: bool) -> None:
-    """structlog to stderr, JSON lines by default."""
+    """structlog to stderr, JSON lines by default, through the server's redaction."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
@@ -24,6 +26,8 @@ def configure_logging(level: str, as_json: bool) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            # Emails masked, keys and tokens removed: bad input is logged with its context.
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -78,6 +78,12 @@ class Metrics:
         self.inflight_batches = Gauge(
             f"{PREFIX}_inflight_batches", "Batches sent and not yet acknowledged.", registry=r
         )
+        self.http_errors = Counter(
+            f"{PREFIX}_http_errors",
+            "HTTP requests answered with an error status (4xx/5xx), by status.",
+            ["status"],
+            registry=r,
+        )
         self.tail_offset = Gauge(
             f"{PREFIX}_tail_offset_bytes", "Read position in the tailed log file.", registry=r
         )
