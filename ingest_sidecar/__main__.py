@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         parser.exit(2, f"elido-sidecar: {exc}\n")
     configure_logging(config.log.level, config.log.json)
+    # Click records are acyclic and freed by reference counting; the cycle collector's default
+    # (a pass every 700 allocations) cost ~5 % of a click's time walking them for nothing.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     asyncio.run(_run(config))
     return 0
 

@@ -301,14 +301,7 @@ class HttpServer:
                 return value
             if value is not None:
                 return [value]
-        records = []
-        for line in body.splitlines():
-            if not line.strip():
-                continue
-            value = self._intake.parse_line(SOURCE, line, skipped)
-            if value is not None:
-                records.append(value)
-        return records
+        return self._intake.parse_lines(SOURCE, body.splitlines(), skipped)
 
     async def _write_error(self, writer: asyncio.StreamWriter, status: int, message: str) -> None:
         """Answers a request whose framing failed, outside h11 (its state is ERROR), and closes."""
