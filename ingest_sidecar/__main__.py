@@ -31,8 +31,9 @@ def configure_logging(level: str, as_json: bool) -> None:
             redact_secrets,
             renderer,
         ],
+        # The level was validated with the configuration.
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+            logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
@@ -61,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     # (a pass every 700 allocations) cost ~5 % of a click's time walking them for nothing.
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    asyncio.run(_run(config))
+    try:
+        asyncio.run(_run(config))
+    except ConfigError as exc:
+        # A setting that only fails when used (a port taken, a spool folder not writable).
+        parser.exit(2, f"elido-sidecar: {exc}\n")
     return 0
 
 

@@ -77,6 +77,33 @@ def _segment_path(directory: Path, base: int) -> Path:
     return directory / f"seg-{base:020d}.log"
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replaces ``path`` with ``text`` (via a temporary file and a rename), mode 0600."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def make_private_dir(directory: Path) -> None:
+    """Creates ``directory`` (and parents) readable by this user only; warns if it is wider.
+
+    The spool holds recipients' identifiers: other users of the edge host must not read it.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = directory.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning(
+            "spool_directory_not_private",
+            directory=str(directory),
+            mode=oct(mode),
+            hint="chmod 700 it: the spool holds recipients' identifiers",
+        )
+
+
 def frame(payload: bytes) -> bytes:
     """``payload`` framed for a segment file."""
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
@@ -153,7 +180,7 @@ class Spool:
         return Position(seq, segment, offset)
 
     def _recover(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self._dir)
         bases = sorted(
             int(p.name[4:-4]) for p in self._dir.glob("seg-*.log") if p.name[4:-4].isdigit()
         )
@@ -420,9 +447,7 @@ class Spool:
 
     def _save_cursor(self) -> None:
         ack = self._ack
-        tmp = self._dir / (CURSOR_NAME + ".tmp")
-        tmp.write_text(f"{ack.segment} {ack.offset} {ack.seq}\n", encoding="ascii")
-        tmp.replace(self._dir / CURSOR_NAME)
+        write_private(self._dir / CURSOR_NAME, f"{ack.segment} {ack.offset} {ack.seq}\n")
 
     async def _cursor_loop(self) -> None:
         while True:

@@ -33,6 +33,7 @@ import structlog
 from ._config import TailConfig
 from ._intake import Intake
 from ._metrics import Metrics
+from ._spool import make_private_dir, write_private
 
 log = structlog.get_logger(__name__)
 
@@ -98,12 +99,9 @@ class Tailer:
 
     def _save_checkpoint(self, state: _Open, offset: int | None = None) -> None:
         offset = state.offset if offset is None else offset
-        tmp = self._checkpoint.with_name(self._checkpoint.name + ".tmp")
-        tmp.write_text(
-            json.dumps({"dev": state.dev, "ino": state.ino, "offset": offset}),
-            encoding="utf-8",
+        write_private(
+            self._checkpoint, json.dumps({"dev": state.dev, "ino": state.ino, "offset": offset})
         )
-        tmp.replace(self._checkpoint)
         self._metrics.tail_offset.set(offset)
 
     async def _settle(self, keep: int) -> None:
@@ -155,7 +153,7 @@ class Tailer:
 
     async def run(self) -> None:
         """Tails until stopped."""
-        self._checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self._checkpoint.parent)
         self._start()
         try:
             while not self._stop.is_set():
