@@ -193,6 +193,12 @@ class Profiler:
         return summarize(self.out)
 
 
+# Frames every sample passes through (the interpreter's start, the event loop): left out of
+# the inclusive ranking, where they would only say 100 %.
+_PLUMBING = ("(<frozen runpy>)", "(runners.py)", "(base_events.py)", "(events.py)",
+             "(__main__.py)")
+
+
 def summarize(path: Path, top: int = 12) -> str:
     """The top functions of a py-spy raw profile, by own samples and by inclusive samples."""
     own: dict[str, int] = {}
@@ -210,7 +216,8 @@ def summarize(path: Path, top: int = 12) -> str:
         ]
         own[frames[-1]] = own.get(frames[-1], 0) + count
         for frame in set(frames):
-            total[frame] = total.get(frame, 0) + count
+            if not frame.endswith(_PLUMBING):
+                total[frame] = total.get(frame, 0) + count
     lines = [f"  {samples} samples; top by own time:"]
     for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"    {n / samples:6.1%}  {name}")
