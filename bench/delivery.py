@@ -694,6 +694,8 @@ def phase_replicas(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
                 if during is not None:
                     during(time.monotonic() - start)
                 fwd = targets[i % len(targets)]
+                if fwd is victim:
+                    fwd = next(f for f in targets if f is not victim)
                 c = click(quiet[i % 2], f"{prefix}-{i}", f"{prefix}{i}@example.com", time.time())
                 try:
                     fwd.stub().ForwardClick(
@@ -717,31 +719,31 @@ def phase_replicas(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
             f"(another account, below its limit): p50 {percentile(latencies, 50) * 1000:.0f} ms, "
             f"p99 {p99:.0f} ms (target < 1000 ms)"
         )
-        owner = fleet[0].database.value(
-            "SELECT owner FROM leases WHERE name = ? AND expires_at > 0",
-            "account:"
-            + fleet[0].database.value(
-                "SELECT account FROM integrations WHERE workspace_id = ?", quiet[0]
-            ),
+        lease = "account:" + fleet[0].database.value(
+            "SELECT account FROM integrations WHERE workspace_id = ?", quiet[0]
         )
-        victim = next(f for f in fleet if f.data_dir.name == owner)
         killed = math.nan
+        victim: ForwarderProcess | None = None
 
         def kill_once(elapsed: float) -> None:
-            nonlocal killed
-            if elapsed >= 1.0 and math.isnan(killed):
+            # The replica delivering the account now (or last): leases are given up when
+            # there is nothing to send, so the latest holder is the one that matters.
+            nonlocal killed, victim
+            if elapsed >= 1.0 and victim is None:
+                owner = fleet[0].database.value("SELECT owner FROM leases WHERE name = ?", lease)
+                victim = next(f for f in fleet if f.data_dir.name == owner)
                 victim.kill()
                 killed = time.time()
 
-        survivors = [f for f in fleet if f is not victim]
-        send_at_rate(survivors, "fail", ttl + 4.0, kill_once)
+        send_at_rate(fleet, "fail", ttl + 4.0, kill_once)
         wait_for(lambda: any(a.received_at > killed for a in mock.accepted(quiet_account)),
                  ttl + 30, "a delivery after the kill")  # fmt: skip
         after = [a.received_at for a in mock.accepted(quiet_account) if a.received_at > killed]
         takeover = min(after) - killed if after else math.nan
         throttled, statuses = mock_errors(stage_view)
         say(
-            f"    SIGKILLed the account's lease owner ({owner}) while clicks kept coming: first "
+            f"    SIGKILLed the account's lease owner ({victim and victim.data_dir.name}) while "
+            "clicks kept coming: first "
             f"delivery by another replica {takeover:.2f} s later (target <= TTL + 1 s = "
             f"{ttl + 1:g} s); 429s over the whole phase: {throttled}"
         )

@@ -11,7 +11,9 @@ Prints, from one run on this machine:
 The receiving server is the real forwarder (``python -m server`` with SQLite, a dev OpenBao
 and an integration registered; Klaviyo unreachable, so delivery backs off and stays idle) when
 ``tests/support/forwarder.py`` and the ``bao`` binary are available, else the no-op server.
-``--receiver`` forces one. Usage: ``python bench/sidecar.py [--seconds 10] [--log-lines N]``.
+``--receiver`` forces one. ``--profile DIR`` samples the sidecar with py-spy during each run
+(raw collapsed stacks in DIR, and the top functions by own and by total time printed).
+Usage: ``python bench/sidecar.py [--seconds 10] [--log-lines N] [--profile DIR]``.
 """
 
 from __future__ import annotations
@@ -162,6 +164,68 @@ def start_forwarder(stack: ExitStack, tmp: Path) -> tuple[str, str, str]:
 # -- the sidecar ------------------------------------------------------------------------------
 
 
+class Profiler:
+    """py-spy sampling one process into a raw collapsed-stacks file."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        return summarize(self.out)
+
+
+# Frames every sample passes through (the interpreter's start, the event loop): left out of
+# the inclusive ranking, where they would only say 100 %.
+_PLUMBING = ("(<frozen runpy>)", "(runners.py)", "(base_events.py)", "(events.py)", "(__main__.py)")
+
+
+def summarize(path: Path, top: int = 12) -> str:
+    """The top functions of a py-spy raw profile, by own samples and by inclusive samples."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            for f in stack.split(";")
+        ]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            if not frame.endswith(_PLUMBING):
+                total[frame] = total.get(frame, 0) + count
+    lines = [f"  {samples} samples; top by own time:"]
+    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {n / samples:6.1%}  {name}")
+    lines.append("  top by total time (incl. callees):")
+    for name, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {n / samples:6.1%}  {name}")
+    return "\n".join(lines)
+
+
 class Sidecar:
     def __init__(self, tmp: Path, target: str, token: str, tail: Path | None = None) -> None:
         self.dir = tmp
@@ -241,15 +305,22 @@ async def post_loop(
     accepted = 0
     stop_at = time.monotonic() + seconds
     counter = 0
+    # Lines built once with a placeholder for the click id: the client's own JSON encoding
+    # must not take the CPU the sidecar is measured on.
+    template = [
+        json.dumps(record(i, workspace, "@@")).encode().replace(b"@@-%d" % i, b"@ID@")
+        for i in range(batch)
+    ]
 
     async def one() -> None:
         nonlocal accepted, counter
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while time.monotonic() < stop_at:
             start, counter = counter, counter + batch
-            body = "\n".join(
-                json.dumps(record(i, workspace, run)) for i in range(start, start + batch)
-            ).encode()
+            body = b"\n".join(
+                line.replace(b"@ID@", b"%s-%d" % (run.encode(), start + i))
+                for i, line in enumerate(template)
+            )
             writer.write(
                 b"POST /v1/clicks HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
                 + body
@@ -287,14 +358,18 @@ async def bench(args: argparse.Namespace) -> None:
             server_ceiling = ceiling
 
         # HTTP -> spool -> server.
+        profiles: dict[str, str] = {}
         sidecar = Sidecar(tmp / "http", target, token)
         stack.callback(sidecar.proc.kill)
         await sidecar.ready()
+        profiler = Profiler(sidecar.proc.pid, args.profile / "http.txt") if args.profile else None
         start = time.monotonic()
         accepted = await post_loop(sidecar.port, workspace, "h", args.seconds, 200, 4)
         http_elapsed = time.monotonic() - start
         await sidecar.wait_acked(accepted)
         http_e2e_elapsed = time.monotonic() - start
+        if profiler:
+            profiles["HTTP in"] = profiler.stop()
         http_rss = sidecar.peak_rss_mb()
         sidecar.stop()
 
@@ -306,9 +381,12 @@ async def bench(args: argparse.Namespace) -> None:
         sidecar = Sidecar(tmp / "log", target, token, tail=log)
         stack.callback(sidecar.proc.kill)
         await sidecar.ready()
+        profiler = Profiler(sidecar.proc.pid, args.profile / "log.txt") if args.profile else None
         start = time.monotonic()
         await sidecar.wait_acked(args.log_lines)
         log_elapsed = time.monotonic() - start
+        if profiler:
+            profiles["log in"] = profiler.stop()
         log_rss = sidecar.peak_rss_mb()
         sidecar.stop()
 
@@ -329,6 +407,8 @@ async def bench(args: argparse.Namespace) -> None:
         f"({args.log_lines:,} lines, {args.log_lines / log_elapsed / ceiling:.1%} of "
         f"ceiling); peak RSS {log_rss:.1f} MB"
     )
+    for name, text in profiles.items():
+        print(f"py-spy profile of the sidecar, {name}:\n{text}")
 
 
 def main() -> None:
@@ -338,8 +418,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--log-lines", type=int, default=200_000)
     parser.add_argument("--receiver", choices=("auto", "noop", "forwarder"), default="auto")
+    parser.add_argument("--profile", type=Path, help="py-spy raw profiles of the sidecar here")
     parser.add_argument("--serve-noop", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if args.serve_noop:
         asyncio.run(_serve_noop(Path(args.serve_noop)))
         return

@@ -18,7 +18,7 @@ import yaml
 
 from ingest_sidecar._config import load_config as load_sidecar_config
 from server._config import load_config
-from tests.deploy.conftest import DEPLOY, REPO
+from tests.deploy.conftest import DEPLOY
 
 MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 VERSIONS = ["1.30.0", "1.37.0"]
