@@ -19,6 +19,9 @@ Dedupe is done two ways:
   unique index arbitrates, so concurrent replicas never both queue a click, and there is no
   retry; it is also one round trip.
 
+psycopg runs with its C implementation (psycopg-binary) and binary parameters (``%b``), which
+spare the text escaping of bytea and arrays; one text-parameter variant shows what that buys.
+
 It starts its own PostgreSQL exactly as the tests do (``tests.support.postgres``), in a temporary
 directory, and removes it afterwards. Not a test: it asserts nothing except that every method
 queued exactly the new clicks.
@@ -32,10 +35,13 @@ import argparse
 import asyncio
 import os
 import random
+import re
+import signal
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,17 +149,22 @@ RETURNING source_id
 """
 
 
-def pg(sql: str) -> str:
-    """asyncpg's ``$n`` placeholders as psycopg's ``%s`` (every statement here uses each
-    ``$n`` in order, except where :func:`pg_named` is used)."""
-    out = sql
-    for n in range(20, 0, -1):
-        out = out.replace(f"${n}", f"%(p{n})s")
-    return out
+class Psy:
+    """An asyncpg-style statement (``$n`` placeholders) for psycopg: ``$n`` becomes ``%b``
+    (binary parameters: no text escaping of bytea and arrays) or ``%s``, and :meth:`args`
+    repeats arguments a statement uses more than once."""
 
+    def __init__(self, sql: str, binary: bool = True) -> None:
+        self.order: list[int] = []
 
-def pg_args(args: Sequence[Any]) -> dict[str, Any]:
-    return {f"p{n}": value for n, value in enumerate(args, start=1)}
+        def sub(match: re.Match[str]) -> str:
+            self.order.append(int(match.group(1)) - 1)
+            return "%b" if binary else "%s"
+
+        self.sql = re.sub(r"\$(\d+)", sub, sql)
+
+    def args(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(values[i] for i in self.order)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -275,12 +286,13 @@ async def apg_connect(url: str) -> asyncpg.Connection:
 
 # -- psycopg ----------------------------------------------------------------------------------
 
-P_SELECT_EXISTING = pg(SELECT_EXISTING)
-P_INSERT_CLICK = pg(INSERT_CLICK)
-P_INSERT_OUTBOX = pg(INSERT_OUTBOX)
-P_INSERT_CLICK_ON_CONFLICT = pg(INSERT_CLICK_ON_CONFLICT)
-P_BATCH_ON_CONFLICT = pg(BATCH_ON_CONFLICT)
-P_UNARY_ON_CONFLICT = pg(UNARY_ON_CONFLICT)
+P_SELECT_EXISTING = Psy(SELECT_EXISTING)
+P_INSERT_CLICK = Psy(INSERT_CLICK)
+P_INSERT_OUTBOX = Psy(INSERT_OUTBOX)
+P_INSERT_CLICK_ON_CONFLICT = Psy(INSERT_CLICK_ON_CONFLICT)
+P_BATCH_ON_CONFLICT = Psy(BATCH_ON_CONFLICT)
+P_BATCH_ON_CONFLICT_TEXT = Psy(BATCH_ON_CONFLICT, binary=False)
+P_UNARY_ON_CONFLICT = Psy(UNARY_ON_CONFLICT)
 P_OUTBOX_COPY = f"COPY outbox ({', '.join(OUTBOX_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 P_CLICKS_COPY = f"COPY clicks ({', '.join(CLICK_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
@@ -293,7 +305,9 @@ async def pcopy(cur: psycopg.AsyncCursor[Any], sql: str, types: list[str], rows:
 
 
 async def psy_existing(cur: psycopg.AsyncCursor[Any], batch: list[Click]) -> set[str]:
-    await cur.execute(P_SELECT_EXISTING, pg_args([batch[0][0], [c[1] for c in batch]]))
+    await cur.execute(
+        P_SELECT_EXISTING.sql, P_SELECT_EXISTING.args([batch[0][0], [c[1] for c in batch]])
+    )
     return {r[0] for r in await cur.fetchall()}
 
 
@@ -303,8 +317,10 @@ async def psy_select_insert(conn: psycopg.AsyncConnection[Any], batch: list[Clic
         new = [c for c in batch if c[1] not in existing]
         now = time.time()
         # executemany runs in pipeline mode (libpq >= 14): one round trip for the lot.
-        await cur.executemany(P_INSERT_CLICK, [pg_args(click_row(c)) for c in new])
-        await cur.executemany(P_INSERT_OUTBOX, [pg_args(outbox_params(c, now)) for c in new])
+        await cur.executemany(P_INSERT_CLICK.sql, [P_INSERT_CLICK.args(click_row(c)) for c in new])
+        await cur.executemany(
+            P_INSERT_OUTBOX.sql, [P_INSERT_OUTBOX.args(outbox_params(c, now)) for c in new]
+        )
     return len(new)
 
 
@@ -320,15 +336,24 @@ async def psy_select_copy(conn: psycopg.AsyncConnection[Any], batch: list[Click]
 
 async def psy_on_conflict(conn: psycopg.AsyncConnection[Any], batch: list[Click]) -> int:
     async with conn.cursor() as cur:  # autocommit: the one statement is the transaction
-        await cur.execute(P_BATCH_ON_CONFLICT, pg_args([*columns(batch), time.time()]))
+        statement = P_BATCH_ON_CONFLICT
+        await cur.execute(statement.sql, statement.args([*columns(batch), time.time()]))
+        return len(await cur.fetchall())
+
+
+async def psy_on_conflict_text(conn: psycopg.AsyncConnection[Any], batch: list[Click]) -> int:
+    async with conn.cursor() as cur:
+        statement = P_BATCH_ON_CONFLICT_TEXT
+        await cur.execute(statement.sql, statement.args([*columns(batch), time.time()]))
         return len(await cur.fetchall())
 
 
 async def psy_on_conflict_many(conn: psycopg.AsyncConnection[Any], batch: list[Click]) -> int:
     """ON CONFLICT per row through executemany(returning=True) in a pipeline, then the outbox."""
     async with conn.transaction(), conn.cursor() as cur:
+        statement = P_INSERT_CLICK_ON_CONFLICT
         await cur.executemany(
-            P_INSERT_CLICK_ON_CONFLICT, [pg_args(click_row(c)) for c in batch], returning=True
+            statement.sql, [statement.args(click_row(c)) for c in batch], returning=True
         )
         inserted: set[str] = set()
         while True:
@@ -339,7 +364,9 @@ async def psy_on_conflict_many(conn: psycopg.AsyncConnection[Any], batch: list[C
                 break
         new = [c for c in batch if c[1] in inserted]
         now = time.time()
-        await cur.executemany(P_INSERT_OUTBOX, [pg_args(outbox_params(c, now)) for c in new])
+        await cur.executemany(
+            P_INSERT_OUTBOX.sql, [P_INSERT_OUTBOX.args(outbox_params(c, now)) for c in new]
+        )
     return len(new)
 
 
@@ -353,17 +380,18 @@ async def psy_bare_copy(conn: psycopg.AsyncConnection[Any], batch: list[Click]) 
 
 async def psy_unary_select_insert(conn: psycopg.AsyncConnection[Any], c: Click) -> int:
     async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute(P_SELECT_EXISTING, pg_args([c[0], [c[1]]]))
+        await cur.execute(P_SELECT_EXISTING.sql, P_SELECT_EXISTING.args([c[0], [c[1]]]))
         if await cur.fetchone() is not None:
             return 0
-        await cur.execute(P_INSERT_CLICK, pg_args(click_row(c)))
-        await cur.execute(P_INSERT_OUTBOX, pg_args(outbox_params(c, time.time())))
+        await cur.execute(P_INSERT_CLICK.sql, P_INSERT_CLICK.args(click_row(c)))
+        await cur.execute(P_INSERT_OUTBOX.sql, P_INSERT_OUTBOX.args(outbox_params(c, time.time())))
     return 1
 
 
 async def psy_unary_on_conflict(conn: psycopg.AsyncConnection[Any], c: Click) -> int:
     async with conn.cursor() as cur:
-        await cur.execute(P_UNARY_ON_CONFLICT, pg_args([*click_row(c), c[8], time.time()]))
+        statement = P_UNARY_ON_CONFLICT
+        await cur.execute(statement.sql, statement.args([*click_row(c), c[8], time.time()]))
         return len(await cur.fetchall())
 
 
@@ -376,42 +404,56 @@ async def psy_connect(url: str) -> psycopg.AsyncConnection[Any]:
 Connect = Callable[[str], Awaitable[Any]]
 
 
-async def run_batches(
+def server_cpu_s(postmaster: int) -> float:
+    """CPU seconds used so far by the postmaster and its live children (backends, WAL writer,
+    checkpointer), from /proc."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == postmaster or int(fields[1]) == postmaster:
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    clicks: int
+    queued: int
+    elapsed_s: float
+    client_cpu_s: float
+    server_cpu_s: float
+
+
+async def run(
     url: str,
+    postmaster: int,
     connect: Connect,
-    method: Callable[[Any, list[Click]], Awaitable[int]],
-    streams: list[list[list[Click]]],
-) -> tuple[float, int]:
-    conns = [await connect(url) for _ in streams]
+    method: Callable[[Any, Any], Awaitable[int]],
+    work: Sequence[Sequence[Any]],
+) -> Run:
+    """Each item of ``work`` on its own connection, concurrently; ``method`` per element."""
+    conns = [await connect(url) for _ in work]
 
-    async def stream(conn: Any, batches: list[list[Click]]) -> int:
-        return sum([await method(conn, b) for b in batches])
+    async def worker(conn: Any, items: Sequence[Any]) -> int:
+        return sum([await method(conn, item) for item in items])
 
+    server_start = server_cpu_s(postmaster)
+    cpu_start = time.process_time()
     start = time.perf_counter()
-    queued = await asyncio.gather(*(stream(c, s) for c, s in zip(conns, streams, strict=True)))
+    queued = await asyncio.gather(*(worker(c, w) for c, w in zip(conns, work, strict=True)))
     elapsed = time.perf_counter() - start
+    client_cpu = time.process_time() - cpu_start
+    server_cpu = server_cpu_s(postmaster) - server_start
     for conn in conns:
         await conn.close()
-    return elapsed, sum(queued)
-
-
-async def run_unary(
-    url: str,
-    connect: Connect,
-    method: Callable[[Any, Click], Awaitable[int]],
-    clients: list[list[Click]],
-) -> tuple[float, int]:
-    conns = [await connect(url) for _ in clients]
-
-    async def client(conn: Any, clicks: list[Click]) -> int:
-        return sum([await method(conn, c) for c in clicks])
-
-    start = time.perf_counter()
-    queued = await asyncio.gather(*(client(c, s) for c, s in zip(conns, clients, strict=True)))
-    elapsed = time.perf_counter() - start
-    for conn in conns:
-        await conn.close()
-    return elapsed, sum(queued)
+    clicks = sum(len(item) if isinstance(item, list) else 1 for w in work for item in w)
+    return Run(clicks, sum(queued), elapsed, client_cpu, server_cpu)
 
 
 async def reset(url: str) -> None:
@@ -441,6 +483,7 @@ async def bench(args: argparse.Namespace, server: PostgresServer) -> None:
         ("psycopg  select+COPY (binary)", psy_connect, psy_select_copy),
         ("psycopg  on-conflict (executemany returning)", psy_connect, psy_on_conflict_many),
         ("psycopg  on-conflict (unnest CTE, 1 statement)", psy_connect, psy_on_conflict),
+        ("psycopg  on-conflict (unnest CTE, text params)", psy_connect, psy_on_conflict_text),
         ("asyncpg  select+insert (executemany)", apg_connect, apg_select_insert),
         ("asyncpg  select+copy_records_to_table", apg_connect, apg_select_copy),
         ("asyncpg  on-conflict (unnest CTE, 1 statement)", apg_connect, apg_on_conflict),
@@ -458,7 +501,7 @@ async def bench(args: argparse.Namespace, server: PostgresServer) -> None:
         (f"batches of {size}, {args.streams} streams, {args.clicks:,} clicks", size)
         for size in (500, 100)
     ] + [(f"one click per transaction, {clients} clients, {args.unary:,} clicks", 1)]
-    rates: dict[tuple[int, str], list[float]] = {}
+    runs: dict[tuple[int, str], list[Run]] = {}
     # Rounds interleave the methods, so load from elsewhere on the machine spreads over all.
     for round_no in range(1, args.rounds + 1):
         print(f"\nround {round_no}/{args.rounds}", flush=True)
@@ -479,22 +522,35 @@ async def bench(args: argparse.Namespace, server: PostgresServer) -> None:
                         for i in range(args.streams)
                     ]
                 await reset(url)
-                if size == 1:
-                    work = [[b[0] for b in s] for s in streams]
-                    elapsed, queued = await run_unary(url, connect, method, work)
-                else:
-                    elapsed, queued = await run_batches(url, connect, method, streams)
-                assert queued == expected_new(streams), (label, queued, expected_new(streams))
-                rate = sum(len(b) for s in streams for b in s) / elapsed
-                rates.setdefault((size, label), []).append(rate)
-                print(f"    {label:<52} {rate:>10,.0f}/s", flush=True)
+                work: list[list[Any]] = (
+                    [[b[0] for b in s] for s in streams] if size == 1 else list(streams)
+                )
+                r = await run(url, server.pid, connect, method, work)
+                assert r.queued == expected_new(streams), (label, r.queued, expected_new(streams))
+                runs.setdefault((size, label), []).append(r)
+                print(f"    {label:<52} {line(r)}", flush=True)
 
-    print(f"\nsummary, clicks/s (median and best of {args.rounds} rounds):")
+    print(
+        f"\nsummary, median of {args.rounds} rounds (clicks/s; CPU microseconds per click in "
+        "this Python process and in PostgreSQL):"
+    )
     for title, size in sections:
         print(f"  {title}:")
-        for (s, label), values in rates.items():
+        print(f"    {'method':<52} {'clicks/s':>10} {'best':>10} {'client':>8} {'server':>8}")
+        for (s, label), results in runs.items():
             if s == size:
-                print(f"    {label:<52} {statistics.median(values):>10,.0f} {max(values):>10,.0f}")
+                rate = statistics.median(r.clicks / r.elapsed_s for r in results)
+                best = max(r.clicks / r.elapsed_s for r in results)
+                client = statistics.median(1e6 * r.client_cpu_s / r.clicks for r in results)
+                srv = statistics.median(1e6 * r.server_cpu_s / r.clicks for r in results)
+                print(f"    {label:<52} {rate:>10,.0f} {best:>10,.0f} {client:>8.1f} {srv:>8.1f}")
+
+
+def line(r: Run) -> str:
+    return (
+        f"{r.clicks / r.elapsed_s:>10,.0f}/s  client {1e6 * r.client_cpu_s / r.clicks:6.1f} µs"
+        f"  server {1e6 * r.server_cpu_s / r.clicks:6.1f} µs per click"
+    )
 
 
 def main() -> None:
@@ -507,6 +563,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every method")
     parser.add_argument("--dup-rate", type=float, default=0.02, help="share of repeated clicks")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the server below is stopped and its directory removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = PostgresServer()
     try:
         server.start()

@@ -170,6 +170,13 @@ class PostgresServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
+    def pid(self) -> int:
+        """The postmaster's process id (the server must be running)."""
+        if self._process is None:
+            raise PostgresServerError("PostgreSQL is not running")
+        return self._process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
