@@ -679,6 +679,8 @@ def phase_replicas(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
             register(fwd, ws, quiet_key)
         rate = min(plan.latency_rate_per_s, limit[1] / 60 * 0.7)
         sent: dict[str, float] = {}
+        killed = math.nan
+        victim: ForwarderProcess | None = None
 
         def send_at_rate(
             targets: list[ForwarderProcess],
@@ -722,8 +724,6 @@ def phase_replicas(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
         lease = "account:" + fleet[0].database.value(
             "SELECT account FROM integrations WHERE workspace_id = ?", quiet[0]
         )
-        killed = math.nan
-        victim: ForwarderProcess | None = None
 
         def kill_once(elapsed: float) -> None:
             # The replica delivering the account now (or last): leases are given up when

