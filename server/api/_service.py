@@ -316,7 +316,9 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     ) -> pb.ForwardConversionResponse:
         if not request.HasField("conversion"):
             raise invalid_argument([Violation("conversion", "required")])
-        conversion = validate_conversion(request.conversion, "conversion")
+        conversion = validate_conversion(
+            request.conversion, "conversion", settings_for=self._store.settings_for
+        )
         if isinstance(conversion, list):
             raise invalid_argument(conversion, "conversion")
         outcome = await self._store.take_conversion(conversion, time.time())
