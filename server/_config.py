@@ -57,6 +57,12 @@ class ServerConfig:
     # Worker processes that validate and commit StreamClicks batches (0: in this process).
     # One Python process uses one core at a time; workers let intake use the others.
     intake_workers: int = DEFAULT_INTAKE_WORKERS
+    # Open StreamClicks streams one bearer token may hold; more answer RESOURCE_EXHAUSTED.
+    max_streams_per_caller: int = 64
+    # A stream that sends no batch for this long is ended (UNAVAILABLE, reason STREAM_IDLE).
+    stream_idle_timeout_s: float = 120.0
+    # HTTP/2 keepalive ping interval: a client that stops answering is dropped, with its streams.
+    keepalive_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +121,16 @@ def load_config(env: Mapping[str, str]) -> ForwarderConfig:
         log_level=env.get("FORWARDER_LOG_LEVEL", "info"),
         port_file=_path(env, "FORWARDER_PORT_FILE"),
         intake_workers=_int(env, "FORWARDER_INTAKE_WORKERS", DEFAULT_INTAKE_WORKERS),
+        max_streams_per_caller=_int(env, "FORWARDER_MAX_STREAMS_PER_CALLER", 64),
+        stream_idle_timeout_s=_number(env, "FORWARDER_STREAM_IDLE_TIMEOUT_S", 120.0),
+        keepalive_s=_number(env, "FORWARDER_KEEPALIVE_S", 60.0),
     )
+    if server.max_streams_per_caller < 1:
+        raise ConfigError("FORWARDER_MAX_STREAMS_PER_CALLER must be at least 1")
+    if not server.stream_idle_timeout_s > 0 or not server.keepalive_s >= 1:
+        raise ConfigError(
+            "FORWARDER_STREAM_IDLE_TIMEOUT_S must be positive and FORWARDER_KEEPALIVE_S >= 1"
+        )
     if not 0 <= server.intake_workers <= 64:
         raise ConfigError("FORWARDER_INTAKE_WORKERS must be between 0 and 64")
     synchronous = env.get("FORWARDER_DB_SYNCHRONOUS", "FULL").upper()
