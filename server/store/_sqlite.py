@@ -27,6 +27,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 
+from server._files import secure_database
 from server.store._exceptions import StoreError
 from server.store._records import (
     ClickOutcome,
@@ -343,6 +344,7 @@ class SqliteStore:
         return await asyncio.wrap_future(future)
 
     async def open(self) -> None:
+        secure_database(self._config.path)  # 0600 file, 0700 folder; -wal/-shm inherit it
         conn = self._connect()
         self._write_lock = WriteLock(self._config.path)
         with self._write_lock:
