@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from typing import Final
 from urllib.parse import unquote
 
@@ -28,9 +29,40 @@ UTM_KEY_PATTERN: Final = re.compile(r"utm_[a-z0-9_]{1,40}")
 MAX_UTM_VALUE: Final = 1024
 
 
+# RFC 6531 (internationalised) addresses: the ASCII rules, plus any printable non-ASCII
+# character in the local part and in domain labels, which must also pass IDNA.
+_NON_ASCII = "\u0080-\U0010ffff"
+_UNICODE_EMAIL: Final = re.compile(
+    rf"[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~{_NON_ASCII}-]{{1,64}}"
+    rf"@((?:[A-Za-z0-9{_NON_ASCII}](?:[A-Za-z0-9{_NON_ASCII}-]{{0,61}}[A-Za-z0-9{_NON_ASCII}])?\.)+"
+    rf"[A-Za-z0-9{_NON_ASCII}](?:[A-Za-z0-9{_NON_ASCII}-]{{0,61}}[A-Za-z0-9{_NON_ASCII}])?)"
+)
+
+
 def is_email(value: str) -> bool:
-    """True for a syntactically valid email address (at most 254 characters)."""
-    return len(value) <= 254 and EMAIL_PATTERN.fullmatch(value) is not None
+    """True for a syntactically valid email address (at most 254 bytes).
+
+    Internationalised addresses (``jöhn@exämple.com``, RFC 6531) are valid: the same rule
+    holds whether the address arrives as a field or in a link parameter. Callers pass the
+    address through :func:`normalize_email` first, so one person is one string.
+    """
+    if value.isascii():
+        return len(value) <= 254 and EMAIL_PATTERN.fullmatch(value) is not None
+    if len(value.encode()) > 254 or not value.isprintable():
+        return False
+    match = _UNICODE_EMAIL.fullmatch(value)
+    if match is None:
+        return False
+    try:
+        ascii_domain = match.group(1).encode("idna")
+    except UnicodeError:
+        return False
+    return all(0 < len(label) <= 63 for label in ascii_domain.split(b"."))
+
+
+def normalize_email(value: str) -> str:
+    """The NFC form of an address: ``ö`` typed as one or as two code points is one address."""
+    return value if value.isascii() else unicodedata.normalize("NFC", value)
 
 
 def _base64_text(value: str) -> str:
@@ -53,12 +85,12 @@ def email_from_parameter(raw: str) -> str:
     value = raw.strip()
     if "%" in value:
         value = unquote(value)
-    candidate = value.replace(" ", "+")
+    candidate = normalize_email(value.replace(" ", "+"))
     if is_email(candidate):
         return candidate
     if "@" in candidate:
         return ""
-    decoded = _base64_text(candidate).strip()
+    decoded = normalize_email(_base64_text(candidate).strip())
     return decoded if is_email(decoded) else ""
 
 

@@ -18,7 +18,11 @@ from prometheus_client import start_http_server
 from server import _tracing as tracing
 from server._auth import TokenRegistry
 from server._config import ConfigError, ForwarderConfig
-from server._interceptors import AuthInterceptor, ObservabilityInterceptor
+from server._interceptors import (
+    AuthInterceptor,
+    ObservabilityInterceptor,
+    StreamLimitInterceptor,
+)
 from server._metrics import (
     ACTIVE_LEASES,
     HOUSEKEEPING_LAST_SUCCESS,
@@ -99,11 +103,20 @@ class Forwarder:
                 *tracing.server_interceptors(),
                 ObservabilityInterceptor(),
                 AuthInterceptor(tokens),
+                StreamLimitInterceptor(cfg.max_streams_per_caller, cfg.stream_idle_timeout_s),
             ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                # Ping silent connections; one whose peer does not answer within 20 s is closed
+                # and its streams end, so a vanished client holds nothing for long.
+                ("grpc.keepalive_time_ms", int(cfg.keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                # Clients may ping as often as every 10 s (the client library's keepalive).
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
         forwarder_pb2_grpc.add_ForwarderServiceServicer_to_server(

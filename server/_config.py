@@ -71,6 +71,12 @@ class ServerConfig:
     # Worker processes that validate and commit StreamClicks batches (0: in this process).
     # One Python process uses one core at a time; workers let intake use the others.
     intake_workers: int = DEFAULT_INTAKE_WORKERS
+    # Open StreamClicks streams one bearer token may hold; more answer RESOURCE_EXHAUSTED.
+    max_streams_per_caller: int = 64
+    # A stream that sends no batch for this long is ended (UNAVAILABLE, reason STREAM_IDLE).
+    stream_idle_timeout_s: float = 120.0
+    # HTTP/2 keepalive ping interval: a client that stops answering is dropped, with its streams.
+    keepalive_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +123,9 @@ def _server_config(env: Env) -> ServerConfig:
         intake_workers=env.integer(
             "FORWARDER_INTAKE_WORKERS", DEFAULT_INTAKE_WORKERS, minimum=0, maximum=64
         ),
+        max_streams_per_caller=env.integer("FORWARDER_MAX_STREAMS_PER_CALLER", 64, minimum=1),
+        stream_idle_timeout_s=env.positive("FORWARDER_STREAM_IDLE_TIMEOUT_S", 120.0),
+        keepalive_s=env.number("FORWARDER_KEEPALIVE_S", 60.0, minimum=1),
     )
 
 

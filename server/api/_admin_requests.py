@@ -11,6 +11,7 @@ from elido.forwarder.v1 import forwarder_pb2 as pb
 
 from server._errors import Violation, invalid_argument
 from server._secret import is_valid_private_key
+from server.intake._phones import REGIONS
 from server.intake._validation import check_workspace_id
 from server.store._records import DEFAULT_EMAIL_PARAMETERS, IntegrationSettings
 
@@ -78,6 +79,14 @@ def validate_register(request: pb.RegisterIntegrationRequest) -> IntegrationSett
             out.append(Violation("settings.backfill_after", "must not be negative"))
         elif d.seconds or d.nanos:
             backfill_s = d.seconds + d.nanos / 1e9
+    region = s.default_phone_region.upper()
+    if region and region not in REGIONS:
+        out.append(
+            Violation(
+                "settings.default_phone_region",
+                "must be an ISO 3166-1 alpha-2 region with a phone numbering plan, e.g. US",
+            )
+        )
     if out:
         raise invalid_argument(out)
     return IntegrationSettings(
@@ -85,6 +94,7 @@ def validate_register(request: pb.RegisterIntegrationRequest) -> IntegrationSett
         conversion_metric_name=conversion_metric,
         email_parameters=tuple(s.email_parameters) or DEFAULT_EMAIL_PARAMETERS,
         backfill_after_s=backfill_s,
+        default_phone_region=region,
     )
 
 

@@ -56,6 +56,7 @@ def settings_message(settings: IntegrationSettings) -> pb.IntegrationSettings:
         click_metric_name=settings.click_metric_name,
         conversion_metric_name=settings.conversion_metric_name,
         email_parameters=list(settings.email_parameters),
+        default_phone_region=settings.default_phone_region,
     )
     message.backfill_after.FromNanoseconds(round(settings.backfill_after_s * 1e9))
     return message

@@ -113,6 +113,8 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         # Concurrent ForwardClick calls share commits on the store thread. (Through the intake
         # workers they measured no faster: a unary call's cost is gRPC's, in this process.)
         self._clicks: Coalescer[NewClick, ClickOutcome] = Coalescer(self._take_clicks)
+        # Per workspace: the registration lock and how many registrations hold or await it.
+        self._registering: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- integrations ------------------------------------------------------------------
     async def _integration(self, workspace_id: str) -> pb.Integration:
@@ -127,16 +129,37 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     ) -> pb.RegisterIntegrationResponse:
         settings = admin.validate_register(request)
         key = PrivateKey(request.private_key)
-        encrypted = await self._vault.encrypt(request.workspace_id, key)
-        record, replaced = await self._store.upsert_integration(
-            request.workspace_id,
-            encrypted.ciphertext,
-            key.fingerprint,
-            encrypted.key_version,
-            key.account,
-            settings,
-            time.time(),
-        )
+        ws = request.workspace_id
+        # One registration of a workspace at a time in this process: a failed one may delete
+        # the transit key it created, which a concurrent one must not be using.
+        lock, users = self._registering.get(ws, (asyncio.Lock(), 0))
+        self._registering[ws] = (lock, users + 1)
+        try:
+            async with lock:
+                existed = await self._store.get_integration(ws) is not None
+                encrypted = await self._vault.encrypt(ws, key)
+                try:
+                    record, replaced = await self._store.upsert_integration(
+                        ws,
+                        encrypted.ciphertext,
+                        key.fingerprint,
+                        encrypted.key_version,
+                        key.account,
+                        settings,
+                        time.time(),
+                    )
+                except StoreError:
+                    # Nothing was committed (a cancelled call is left alone: its commit
+                    # may still land, and then the key is in use).
+                    if not existed:
+                        await self._discard_new_key(ws)
+                    raise
+        finally:
+            lock, users = self._registering[ws]
+            if users == 1:
+                del self._registering[ws]
+            else:
+                self._registering[ws] = (lock, users - 1)
         self._vault.forget(request.workspace_id)
         self._wakeup.notify()
         _log.info(
@@ -149,6 +172,31 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         return pb.RegisterIntegrationResponse(
             integration=integration_message(record, counters), replaced=replaced
         )
+
+    async def _discard_new_key(self, workspace_id: str) -> None:
+        """Delete the transit key a failed first registration created: nothing stays behind.
+
+        Only when no integration uses it (checked again: the store may have come back);
+        when the store cannot say, the key goes anyway — no stored ciphertext can need it,
+        as the first registration never committed.
+        """
+        try:
+            if await self._store.get_integration(workspace_id) is not None:
+                return
+        except StoreError:
+            pass
+        try:
+            await self._vault.destroy(workspace_id)
+        except Exception as exc:
+            # The registration still fails with its own error; the key is left for the
+            # next registration (which reuses it) or RemoveIntegration (which deletes it).
+            _log.warning(
+                "transit key of a failed registration not deleted",
+                workspace_id=workspace_id,
+                error=type(exc).__name__,
+            )
+            return
+        _log.info("transit key of a failed registration deleted", workspace_id=workspace_id)
 
     @_handles_errors
     async def RemoveIntegration(
@@ -335,7 +383,9 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     ) -> pb.ForwardConversionResponse:
         if not request.HasField("conversion"):
             raise invalid_argument([Violation("conversion", "required")])
-        conversion = validate_conversion(request.conversion, "conversion")
+        conversion = validate_conversion(
+            request.conversion, "conversion", settings_for=self._store.settings_for
+        )
         if isinstance(conversion, list):
             raise invalid_argument(conversion, "conversion")
         outcome = await self._store.take_conversion(conversion, time.time())

@@ -3,7 +3,9 @@
 ``python -m server.devstack [--vault-only]``. Everything lives under ``FORWARDER_DATA_DIR``
 (default ``./var``): OpenBao's storage and its init file (unseal key and root token, mode
 0600: a development convenience only), the development bearer tokens, and the forwarder's
-SQLite database. Ctrl-C / SIGTERM stops the forwarder first (it drains) and OpenBao last.
+SQLite database. Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stops the forwarder first (it
+drains) and OpenBao last; if the devstack itself is killed, both get SIGTERM from the kernel
+(see ``_lifetime``), and a stale one from an earlier run is reported precisely.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from server._files import private_dir, warn_if_wider
 from server.devstack._config import DevstackConfig
+from server.devstack._lifetime import Children, die_with_parent
 from server.devstack._openbao import (
     AppRoleCredentials,
     OpenBaoError,
     OpenBaoServer,
     PortInUseError,
+    port_is_free,
 )
 from server.devstack._tokens import DevToken, ensure_dev_tokens
 
@@ -56,7 +61,9 @@ def run(config: DevstackConfig) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP: the terminal closed. Stop in order, as for Ctrl-C.
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in signals}
     try:
         return _run(config, stop)
     finally:
@@ -66,10 +73,21 @@ def run(config: DevstackConfig) -> int:
 
 def _run(config: DevstackConfig, stop: threading.Event) -> int:
     data_dir = config.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # OpenBao's unseal key, the dev tokens and the database: the service's user only.
+    private_dir(data_dir)
+    for path, mode in warn_if_wider([data_dir, *data_dir.glob("*.json"), data_dir / "openbao"]):
+        _say(f"{path} is mode {mode:04o}, readable by other users; chmod go-rwx it", error=True)
+    children = Children(data_dir)
+    stale = children.stale()
+    if stale:
+        for process in stale:
+            _say(process.describe(data_dir), error=True)
+        return 1
     openbao = OpenBaoServer(data_dir / "openbao", host=config.vault_host, port=config.vault_port)
     try:
         openbao.start()
+        if openbao.pid is not None:
+            children.add("openbao", openbao.pid)
     except PortInUseError:
         _say(
             f"port {config.vault_port} on {config.vault_host} is already in use, so the local "
@@ -89,9 +107,10 @@ def _run(config: DevstackConfig, stop: threading.Event) -> int:
         _print_usage(config, tokens)
         if config.vault_only:
             return _wait_vault_only(data_dir, env, stop)
-        return _run_forwarder(config, env, stop)
+        return _run_forwarder(config, env, stop, children)
     finally:
         openbao.stop()
+        children.clear()
         _say("OpenBao stopped")
 
 
@@ -146,13 +165,28 @@ def _wait_vault_only(data_dir: Path, env: dict[str, str], stop: threading.Event)
     return 0
 
 
-def _run_forwarder(config: DevstackConfig, env: dict[str, str], stop: threading.Event) -> int:
+def _run_forwarder(
+    config: DevstackConfig, env: dict[str, str], stop: threading.Event, children: Children
+) -> int:
+    host, _, port = config.listen.rpartition(":")
+    if port.isdigit() and int(port) and not port_is_free(host or "127.0.0.1", int(port)):
+        _say(
+            f"{config.listen} is already in use, so the forwarder cannot listen there. Stop "
+            "whatever holds it (`ss -ltnp 'sport = :" + port + "'` names it) or choose "
+            "another address with DEVSTACK_LISTEN=<host:port>.",
+            error=True,
+        )
+        return 1
     _say(f"starting the forwarder on {config.listen}")
     # Its own session: a terminal Ctrl-C reaches only us, and we stop it in order (SIGTERM,
-    # wait for the drain) before OpenBao goes away underneath it.
+    # wait for the drain) before OpenBao goes away underneath it. If we die, so does it.
     child = subprocess.Popen(  # noqa: S603 -- fixed argv, no shell
-        list(config.forwarder_argv), env=env, start_new_session=True
+        list(config.forwarder_argv),
+        env=env,
+        start_new_session=True,
+        preexec_fn=die_with_parent(),
     )
+    children.add("forwarder", child.pid)
     _say("ready (Ctrl-C stops the forwarder, then OpenBao)")
     while not stop.is_set():
         try:

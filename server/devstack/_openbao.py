@@ -36,6 +36,9 @@ import hvac
 import requests
 import structlog
 
+from server._files import private_dir
+from server.devstack._lifetime import die_with_parent
+
 log = structlog.get_logger(__name__)
 
 POLICY_NAME: Final = "elido-forwarder"
@@ -157,7 +160,7 @@ class _OpenBaoProcess:
                 "(another OpenBao or devstack may still be running)"
             )
         log_path = self._log_path()
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)
         self._log_file = log_path.open("ab")
         # A new session keeps a terminal's Ctrl-C away from OpenBao: whoever started it decides
         # when it stops, e.g. only after the forwarder has drained.
@@ -167,6 +170,8 @@ class _OpenBaoProcess:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Dies with whoever started it (devstack, test run) instead of lingering orphaned.
+            preexec_fn=die_with_parent(),
             env=_child_env(),
         )
         try:
@@ -330,7 +335,7 @@ class OpenBaoServer(_OpenBaoProcess):
 
     def _command(self) -> list[str]:
         raft_dir = self.data_dir / "raft"
-        raft_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(raft_dir)
         config = {
             "storage": {
                 # Integrated storage: OpenBao 2.x dropped the `file` backend. It is just as
@@ -472,7 +477,7 @@ def _child_env() -> dict[str, str]:
 
 def write_private_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` readable by the owner only, created with mode 0600 (never wider)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()

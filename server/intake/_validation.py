@@ -1,8 +1,18 @@
 """Validation of clicks and conversions: every bad field named, nothing half-taken.
 
 Limits are Klaviyo's stricter documented ones (<= 300 properties, <= 100 kB per string,
-<= 4000 array items, <= 10 levels of nesting, timestamps from 2000 to now + 1 year), so an
-event we accept is one Klaviyo accepts.
+<= 4000 array items, <= 10 levels of nested objects, timestamps from 2000 to now + 1 year),
+so an event we accept is one Klaviyo accepts.
+
+Input policy (docs/architecture.md, "Input policy"):
+- Unknown protobuf fields (from a newer client, or padding) are dropped, never stored: the
+  stored click is re-serialized from the known fields only, so its size is bounded by the
+  field limits below (:data:`MAX_STORED_CLICK_BYTES`).
+- Control characters (U+0000-U+001F, U+007F) in URLs, link ids, UTM values, user agents,
+  referrers and external ids are refused: no browser or HTTP request carries them raw.
+- An email is validated and NFC-normalised by the same rule whether it arrives as a field or
+  in a link parameter; internationalised addresses are valid in both.
+- Phone numbers are validated with libphonenumber and stored in E.164 (see ``_phones``).
 """
 
 from __future__ import annotations
@@ -22,13 +32,14 @@ from elido_common.syntax import (
     EVENT_ID,
     KX_PATTERN,
     MAX_EXTERNAL_ID,
-    PHONE_PATTERN,
     UTM_KEY_PATTERN,
     WORKSPACE_ID,
     is_email,
+    normalize_email,
 )
 from server._errors import Violation
 from server.intake._identifiers import facts_from_url
+from server.intake._phones import normalize_phone, phone_problem
 from server.store._records import Identifiers, IntegrationSettings, NewClick, NewConversion
 
 CURRENCY: Final = re.compile(r"[A-Z]{3}")
@@ -43,7 +54,16 @@ MAX_UTM_VALUE: Final = 1024
 MAX_PROPERTIES: Final = 290  # Klaviyo's 300, less the properties the forwarder adds itself.
 MAX_STRING_BYTES: Final = 100_000
 MAX_ARRAY: Final = 4000
-MAX_DEPTH: Final = 10
+MAX_DEPTH: Final = 10  # levels of nested objects and arrays, `properties` itself the first
+# What the stored (re-serialized) click can weigh at most with every field at its limit: the
+# strings above, 4 UTF-8 bytes a character where the limit counts characters, and generous
+# room for tags, lengths, the timestamp and the identifiers.
+MAX_STORED_CLICK_BYTES: Final = (
+    64 + 128 + 2 * MAX_URL + MAX_USER_AGENT + MAX_REFERRER + MAX_LINK_ID
+    + MAX_UTM * (44 + 4 * MAX_UTM_VALUE + 8)
+    + 254 * 4 + 16 + MAX_EXTERNAL_ID + 400 + 256
+)  # fmt: skip
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 SettingsLookup = Callable[[str], IntegrationSettings | None]
 _DEFAULTS: Final = IntegrationSettings()
@@ -82,6 +102,9 @@ def _check_url(value: str, field: str, out: list[Violation]) -> None:
     if len(value) > MAX_URL:
         out.append(Violation(field, f"must be at most {MAX_URL} bytes"))
         return
+    if _CONTROL.search(value):
+        out.append(Violation(field, "must not contain control characters (U+0000-U+001F, U+007F)"))
+        return
     try:
         parts = urlsplit(value)
     except ValueError:
@@ -94,19 +117,29 @@ def _check_url(value: str, field: str, out: list[Violation]) -> None:
 def _check_text(value: str, field: str, limit: int, out: list[Violation]) -> None:
     if not _fits(value, limit):
         out.append(Violation(field, f"must be at most {limit} bytes"))
+    elif _CONTROL.search(value):
+        out.append(Violation(field, "must not contain control characters (U+0000-U+001F, U+007F)"))
 
 
-def _check_identifiers(ids: pb.ProfileIdentifiers, field: str, out: list[Violation]) -> None:
-    if ids.email and not is_email(ids.email):
+def _identifiers(
+    ids: pb.ProfileIdentifiers, field: str, region: str, out: list[Violation]
+) -> Identifiers:
+    """The identifiers, normalised (email NFC, phone E.164); violations appended to ``out``."""
+    email = normalize_email(ids.email)
+    if email and not is_email(email):
         out.append(Violation(f"{field}.email", "is not a valid email address"))
-    if ids.phone_number and PHONE_PATTERN.fullmatch(ids.phone_number) is None:
-        out.append(Violation(f"{field}.phone_number", "must be in E.164 form, e.g. +14155550100"))
+    phone = ""
+    if ids.phone_number:
+        phone = normalize_phone(ids.phone_number, region) or ""
+        if not phone:
+            out.append(Violation(f"{field}.phone_number", phone_problem(ids.phone_number, region)))
     if ids.external_id:
         _check_text(ids.external_id, f"{field}.external_id", MAX_EXTERNAL_ID, out)
     if ids.kx and KX_PATTERN.fullmatch(ids.kx) is None:
         out.append(
             Violation(f"{field}.kx", "is not a Klaviyo exchange id (<token>.<6 characters>)")
         )
+    return Identifiers(email, phone, ids.external_id, ids.kx)
 
 
 # Sufficient conditions for a valid URL, checked in one regex call: an http(s) scheme, a host
@@ -136,12 +169,27 @@ def _plainly_valid(click: pb.Click, now: float) -> bool:
     if click.utm_parameters or (click.link_id and not _fits(click.link_id, MAX_LINK_ID)):
         return False  # rare: validated in detail
     ids = click.identifiers
-    if (ids.email and not is_email(ids.email)) or ids.phone_number or ids.external_id or ids.kx:
+    if (
+        (ids.email and not (ids.email.isascii() and is_email(ids.email)))
+        or ids.phone_number
+        or ids.external_id
+        or ids.kx
+    ):
         return False
-    return _fits(click.user_agent, MAX_USER_AGENT) and _fits(click.referrer, MAX_REFERRER)
+    return (
+        _fits(click.user_agent, MAX_USER_AGENT)
+        and _fits(click.referrer, MAX_REFERRER)
+        and _CONTROL.search(click.user_agent) is None
+        and _CONTROL.search(click.referrer) is None
+        and _CONTROL.search(click.link_id) is None
+        and _CONTROL.search(click.destination_url) is None
+        and _CONTROL.search(click.short_url) is None
+    )
 
 
-def _click_violations(click: pb.Click, field: str, now: float) -> list[Violation]:
+def _click_violations(
+    click: pb.Click, field: str, now: float, region: str
+) -> tuple[list[Violation], Identifiers]:
     out: list[Violation] = []
     check_workspace_id(click.workspace_id, f"{field}.workspace_id", out)
     _check_event_id(click.click_id, f"{field}.click_id", out)
@@ -169,10 +217,17 @@ def _click_violations(click: pb.Click, field: str, now: float) -> list[Violation
                     f"value must be at most {MAX_UTM_VALUE} characters",
                 )
             )
-    _check_identifiers(click.identifiers, f"{field}.identifiers", out)
+        elif _CONTROL.search(value):
+            out.append(
+                Violation(
+                    f"{field}.utm_parameters[{key!r}]",
+                    "value must not contain control characters (U+0000-U+001F, U+007F)",
+                )
+            )
+    identifiers = _identifiers(click.identifiers, f"{field}.identifiers", region, out)
     _check_text(click.user_agent, f"{field}.user_agent", MAX_USER_AGENT, out)
     _check_text(click.referrer, f"{field}.referrer", MAX_REFERRER, out)
-    return out
+    return out, identifiers
 
 
 @functools.lru_cache(maxsize=256)
@@ -193,18 +248,24 @@ def validate_click(
 ) -> NewClick | list[Violation]:
     """The click ready to commit, or every violation found (field paths under ``field``)."""
     now = time.time() if now is None else now
-    if not _plainly_valid(click, now):
-        out = _click_violations(click, field, now)
+    settings: IntegrationSettings | None = None
+    if _plainly_valid(click, now):
+        ids = click.identifiers
+        identifiers = Identifiers(ids.email, "", "", "")
+    else:
+        settings = settings_for(click.workspace_id) or _DEFAULTS
+        out, identifiers = _click_violations(click, field, now, settings.default_phone_region)
         if out:
             return out
-    ids = click.identifiers
-    identifiers = Identifiers(ids.email, ids.phone_number, ids.external_id, ids.kx)
     if click.destination_url:
         found = _url_identifiers(
-            click.destination_url, settings_for(click.workspace_id) or _DEFAULTS
+            click.destination_url, settings or settings_for(click.workspace_id) or _DEFAULTS
         )
         if found is not None:
             identifiers = identifiers.merged_over(found)
+    # Unknown fields are dropped, never stored (see the module docstring). The request is
+    # ours to change: it is not read again after validation.
+    click.DiscardUnknownFields()
     ts = click.click_time
     return NewClick(
         workspace_id=click.workspace_id,
@@ -216,8 +277,10 @@ def validate_click(
 
 
 def _check_json(value: Any, field: str, depth: int, out: list[Violation]) -> None:
-    if depth > MAX_DEPTH:
-        out.append(Violation(field, f"nested deeper than {MAX_DEPTH} levels"))
+    # ``depth`` counts the objects and arrays ``value`` sits in plus itself when it is one:
+    # Klaviyo's "10 levels of nested objects" bound containers, a leaf adds no level.
+    if isinstance(value, list | Mapping) and depth > MAX_DEPTH:
+        out.append(Violation(field, f"nested deeper than {MAX_DEPTH} levels of objects"))
     elif isinstance(value, str):
         if len(value.encode()) > MAX_STRING_BYTES:
             out.append(Violation(field, f"string longer than {MAX_STRING_BYTES} bytes"))
@@ -234,10 +297,14 @@ def _check_json(value: Any, field: str, depth: int, out: list[Violation]) -> Non
 
 
 def validate_conversion(
-    conversion: pb.Conversion, field: str, now: float | None = None
+    conversion: pb.Conversion,
+    field: str,
+    now: float | None = None,
+    settings_for: SettingsLookup | None = None,
 ) -> NewConversion | list[Violation]:
     """The conversion ready to commit, or every violation found."""
     now = time.time() if now is None else now
+    settings = (settings_for(conversion.workspace_id) if settings_for else None) or _DEFAULTS
     out: list[Violation] = []
     _check_event_id(conversion.conversion_id, f"{field}.conversion_id", out)
     check_workspace_id(conversion.workspace_id, f"{field}.workspace_id", out)
@@ -262,9 +329,9 @@ def validate_conversion(
         out.append(Violation(f"{field}.properties", f"at most {MAX_PROPERTIES} properties"))
     else:
         _check_json(properties, f"{field}.properties", 1, out)
-    _check_identifiers(conversion.identifiers, f"{field}.identifiers", out)
-    ids = conversion.identifiers
-    identifiers = Identifiers(ids.email, ids.phone_number, ids.external_id, ids.kx)
+    identifiers = _identifiers(
+        conversion.identifiers, f"{field}.identifiers", settings.default_phone_region, out
+    )
     if not conversion.click_id and not identifiers.any() and not out:
         out.append(Violation(f"{field}.click_id", "required unless identifiers are given"))
     if out:

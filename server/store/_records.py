@@ -81,6 +81,8 @@ class IntegrationSettings:
     conversion_metric_name: str = DEFAULT_CONVERSION_METRIC
     email_parameters: tuple[str, ...] = DEFAULT_EMAIL_PARAMETERS
     backfill_after_s: float = DEFAULT_BACKFILL_AFTER_S
+    # ISO 3166-1 region of phone numbers written without "+"; "" refuses such numbers.
+    default_phone_region: str = ""
 
     def metric_name(self, kind: EventKind) -> str:
         """The Klaviyo metric name for events of ``kind``."""

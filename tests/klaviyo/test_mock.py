@@ -237,6 +237,12 @@ for _ in range(10):
             {"phone_number": "5551234"},
             "/data/attributes/profile/data/attributes/phone_number",
         ),
+        (
+            # E.164 in shape, but no country assigns it: Klaviyo refuses it.
+            f"{_A}/profile/data/attributes",
+            {"phone_number": "+15555555555"},
+            "/data/attributes/profile/data/attributes/phone_number",
+        ),
         (f"{_A}/profile", _DELETE, "/data/attributes/profile"),
         ("data/type", "events", "/data/type"),
         (f"{_A}/colour", "red", "/data/attributes/colour"),

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import phonenumbers
+
 from tests.klaviyo_mock._errors import ApiError, invalid
 
 MAX_PROPERTIES: Final = 300
@@ -226,10 +228,22 @@ def _profile(resource: dict[str, Any], where: str) -> dict[str, Any]:
     if email and "@" not in email:
         raise invalid(f"Invalid email address: '{email}'.", f"{where}/email")
     phone = attributes.get("phone_number")
-    if phone and not _E164.fullmatch(phone):
+    if phone and not _valid_e164(phone):
         raise invalid("Invalid phone number format (expected E.164).", f"{where}/phone_number")
     _check_value(attributes, where, 1)
     return attributes
+
+
+def _valid_e164(phone: str) -> bool:
+    # Klaviyo takes a phone number only in E.164 form and only when it is a number some
+    # country assigns ("+15555555555" has the shape but is refused): libphonenumber decides.
+    if not _E164.fullmatch(phone):
+        return False
+    try:
+        number = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(number)
 
 
 def _check_time(value: Any, now: datetime, where: str) -> None:

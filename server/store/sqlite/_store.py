@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 
+from server._files import secure_database
 from server.store._codec import settings_from_json, settings_to_json
 from server.store._config import SqliteConfig
 from server.store._exceptions import LeaseLost, StoreError
@@ -187,6 +188,7 @@ class SqliteStore:
         return await asyncio.wrap_future(future)
 
     async def open(self) -> None:
+        secure_database(self._config.path)  # 0600 file, 0700 folder; -wal/-shm inherit it
         try:
             conn = connect(self._config)
             conn.row_factory = sqlite3.Row

@@ -161,7 +161,10 @@ class ProfileIdentifiers(_message.Message):
     email: _builtins.str
     """The recipient's email address."""
     phone_number: _builtins.str
-    """The recipient's phone number in E.164 form, e.g. `+14155550100`."""
+    """The recipient's phone number, e.g. `+14155550100` or `+1 (415) 555-0100`. It must be a
+    valid number for its country; it is forwarded normalised to E.164. A number without a
+    leading `+` is read in the integration's `default_phone_region`, and refused without one.
+    """
     external_id: _builtins.str
     """The profile's external id in the workspace's own systems."""
     kx: _builtins.str
@@ -192,10 +195,17 @@ class IntegrationSettings(_message.Message):
     CONVERSION_METRIC_NAME_FIELD_NUMBER: _builtins.int
     EMAIL_PARAMETERS_FIELD_NUMBER: _builtins.int
     BACKFILL_AFTER_FIELD_NUMBER: _builtins.int
+    DEFAULT_PHONE_REGION_FIELD_NUMBER: _builtins.int
     click_metric_name: _builtins.str
     """Klaviyo metric name for clicks; default "Elido Link Clicked". Under 128 characters."""
     conversion_metric_name: _builtins.str
     """Klaviyo metric name for conversions; default "Elido Conversion". Under 128 characters."""
+    default_phone_region: _builtins.str
+    """The region (ISO 3166-1 alpha-2, e.g. "US", "DE") that phone numbers written without a
+    leading `+` belong to. Unset means such national numbers are refused: only numbers in
+    international form (`+` and country code) are taken. Every phone number is validated
+    and forwarded in E.164 form.
+    """
     @_builtins.property
     def email_parameters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Link query parameters that carry the recipient's email, plain, URL-encoded or base64;
@@ -216,10 +226,11 @@ class IntegrationSettings(_message.Message):
         conversion_metric_name: _builtins.str = ...,
         email_parameters: _abc.Iterable[_builtins.str] | None = ...,
         backfill_after: _duration_pb2.Duration | None = ...,
+        default_phone_region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["backfill_after", b"backfill_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backfill_after", b"backfill_after", "click_metric_name", b"click_metric_name", "conversion_metric_name", b"conversion_metric_name", "email_parameters", b"email_parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backfill_after", b"backfill_after", "click_metric_name", b"click_metric_name", "conversion_metric_name", b"conversion_metric_name", "default_phone_region", b"default_phone_region", "email_parameters", b"email_parameters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
