@@ -142,8 +142,13 @@ class PostgresServer:
         self.socket_dir = self.base_dir / "sock"
         self.log_path = self.base_dir / "postgres.log"
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
-        self.user = _run_as()
-        self.bin_dir = self._usable_bin_dir(bin_dir or find_bin_dir())
+        try:
+            self.user = _run_as()
+            self.bin_dir = self._usable_bin_dir(bin_dir or find_bin_dir())
+        except BaseException:
+            if self._owns_base:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+            raise
         self.host = "127.0.0.1"
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
