@@ -185,7 +185,11 @@ class HttpServer:
         self._busy.add(task)
         try:
             body = await self._read_body(conn, reader, writer, event)
-            status, payload, extra, content_type = await self._route(event, body)
+            answer = self._route(event, body)
+            # The body (up to max_body_bytes) and its records are dropped as soon as the clicks
+            # are extracted, not held while the append waits for its fsync.
+            del body
+            status, payload, extra, content_type = await answer
             if event.method == b"HEAD":
                 payload = b""
             headers = [
@@ -248,7 +252,9 @@ class HttpServer:
         if path in _CLICK_PATHS:
             if method != b"POST":
                 return 405, _json({"error": "use POST"}), [(b"Allow", b"POST")], _JSON
-            status, payload, extra = await self._post_clicks(body)
+            clicks = self._post_clicks(body)
+            del body
+            status, payload, extra = await clicks
             return status, _json(payload), extra, _JSON
         if path == b"/healthz" and method in (b"GET", b"HEAD"):
             ok, details = self._health()
@@ -267,7 +273,9 @@ class HttpServer:
             return 400, {"error": "empty body"}, []
         skipped: Counter[str] = Counter()
         records = self._records(body, skipped)
+        del body
         payloads = self._intake.prepare(SOURCE, records, skipped=skipped)
+        del records
         try:
             await self._intake.submit(SOURCE, payloads, self._config.full_wait_s)
         except SpoolFull:
