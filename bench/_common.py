@@ -153,8 +153,12 @@ class Accepted:
 class KlaviyoMockProcess:
     """``python -m bench._common serve-klaviyo-mock`` driven through the mock's admin API."""
 
-    def __init__(self, workdir: Path, events_limit: tuple[int, int] = (350, 3500),
-                 bulk_limit: tuple[int, int] = (10, 150)) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        events_limit: tuple[int, int] = (350, 3500),
+        bulk_limit: tuple[int, int] = (10, 150),
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.accept_log = workdir / "accepted.log"
@@ -175,19 +179,33 @@ class KlaviyoMockProcess:
         port_file = self.workdir / "port"
         stderr = (self.workdir / "mock.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench._common", "serve-klaviyo-mock",
-             "--port-file", str(port_file), "--accept-log", str(self.accept_log),
-             "--events-limit", "{}/{}".format(*self.events_limit),
-             "--bulk-limit", "{}/{}".format(*self.bulk_limit)],
-            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr,
+            [
+                sys.executable,
+                "-m",
+                "bench._common",
+                "serve-klaviyo-mock",
+                "--port-file",
+                str(port_file),
+                "--accept-log",
+                str(self.accept_log),
+                "--events-limit",
+                "{}/{}".format(*self.events_limit),
+                "--bulk-limit",
+                "{}/{}".format(*self.bulk_limit),
+            ],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
         )
         stderr.close()
         deadline = time.monotonic() + timeout_s
         while not port_file.exists() or not port_file.read_text().strip():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("the Klaviyo mock did not start; see "
-                                   f"{self.workdir / 'mock.log'}")
+                raise RuntimeError(
+                    f"the Klaviyo mock did not start; see {self.workdir / 'mock.log'}"
+                )
             time.sleep(0.05)
         self.base_url = f"http://127.0.0.1:{int(port_file.read_text())}"
         self._http = httpx.Client(base_url=self.base_url, timeout=30.0)
@@ -229,8 +247,15 @@ class KlaviyoMockProcess:
                 parts = line.split()
                 if len(parts) < 4 or (account is not None and parts[2] != account):
                     continue  # the last line may still be half written
-                out.append(Accepted(float(parts[0]), parts[1], parts[2], int(parts[3]),
-                                    parts[4] if len(parts) > 4 else None))
+                out.append(
+                    Accepted(
+                        float(parts[0]),
+                        parts[1],
+                        parts[2],
+                        int(parts[3]),
+                        parts[4] if len(parts) > 4 else None,
+                    )
+                )
         return out
 
 
@@ -260,16 +285,16 @@ def _serve_klaviyo_mock(argv: list[str]) -> None:
         # _record() is where the mock accepts a request's events (just before its 202); hooking
         # it gives the arrival time and event count per accepted request without keeping the
         # events themselves.
-        def _record(self, account: str, endpoint: str, events: list[EventIn],
-                    record: Any) -> None:
+        def _record(self, account: str, endpoint: str, events: list[EventIn], record: Any) -> None:
             super()._record(account, endpoint, events, record)
             unique = f" {events[0].unique_id}" if endpoint == "events" and events else ""
             log.write(f"{record.received_at:.6f} {endpoint} {account} {len(events)}{unique}\n")
 
     config = MockConfig(
-        port=0, limits=AccountLimits(events=window(args.events_limit),
-                                     bulk=window(args.bulk_limit)),
-        max_recorded_requests=16, record_events=False,
+        port=0,
+        limits=AccountLimits(events=window(args.events_limit), bulk=window(args.bulk_limit)),
+        max_recorded_requests=16,
+        record_events=False,
     )
 
     async def serve() -> None:

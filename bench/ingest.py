@@ -1,11 +1,18 @@
-"""Durable-ingest throughput of the forwarder beside a no-op grpc.aio server's ceiling.
+"""Durable-ingest throughput of the forwarder beside the ceilings measured in the same run.
 
 Prints clicks/s through StreamClicks (batches of 100 and 500) and ForwardClick calls/s with
-64 in flight, for a no-op server and for the real forwarder (SQLite WAL with synchronous=FULL,
-a real OpenBao, delivery switched off so the figure is intake alone), each measured in the
-same run by the same client, and the ratio. Not a test: it asserts nothing.
+64 in flight, for the real forwarder (a real OpenBao, delivery switched off so the figure is
+intake alone) on each store — SQLite (WAL, synchronous=FULL) and PostgreSQL (fsync and
+synchronous_commit on, the server on this machine) — beside two ceilings:
 
-    .venv/bin/python bench/ingest.py [--clicks 300000] [--streams 4] [--unary-calls 20000]
+* the gRPC ceiling: a no-op grpc.aio server driven by the same client;
+* the storage ceiling: the same rows written straight into the same schema with the same
+  durability by a bare script, no gRPC, no validation (``bench/_storage.py``).
+
+Not a test: it asserts nothing.
+
+    .venv/bin/python bench/ingest.py [--store sqlite|postgres|both] [--clicks 300000]
+                                     [--streams 4] [--unary-calls 20000]
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ sys.path[:0] = [str(REPO), str(REPO / "protos")]
 
 from elido.forwarder.v1 import forwarder_pb2 as pb  # noqa: E402
 
+from bench._storage import postgres_ceiling, rows_of, sqlite_ceiling  # noqa: E402
 from server.devstack._openbao import OpenBaoDevServer  # noqa: E402
 from tests.support.forwarder import ForwarderProcess  # noqa: E402
+from tests.support.postgres import PostgresServer  # noqa: E402
 
 SERVICE = "/elido.forwarder.v1.ForwarderService"
 WORKSPACE = "bench-ws"
@@ -165,88 +174,133 @@ def measure(label: str, fn: Callable[[], float]) -> float:
     return rate
 
 
+def run_store(
+    store: str,
+    args: argparse.Namespace,
+    tmp: Path,
+    vault: OpenBaoDevServer,
+    postgres: PostgresServer | None,
+    data: dict[int, list[bytes]],
+    unary: list[bytes],
+    noop: dict[str, float],
+) -> dict[str, float]:
+    """The forwarder on ``store`` beside that store's ceiling; prints as it goes."""
+    results: dict[str, float] = {}
+    url = postgres.create_database() if postgres is not None else ""
+    forwarder = ForwarderProcess(
+        tmp / f"fwd-{store}",
+        vault.addr,
+        vault.mint_token(),
+        env={"FORWARDER_DELIVERY": "off", "FORWARDER_LOG_LEVEL": "info"},
+        database_url=url,
+    )
+    try:
+        forwarder.start()
+        forwarder.stub().RegisterIntegration(
+            pb.RegisterIntegrationRequest(
+                workspace_id=WORKSPACE, private_key="pk_" + secrets.token_hex(17)
+            ),
+            metadata=forwarder.admin(),
+        )
+        md = forwarder.ingest()
+        print(
+            f"{store}: StreamClicks, {args.streams} streams x 8 batches in flight, {args.clicks:,} clicks per run"
+        )
+        for batch in (100, 500):
+            fwd = results[f"{store}_stream_{batch}"] = measure(
+                f"forwarder (durable commit), batches of {batch}",
+                lambda b=data[batch], n=batch: asyncio.run(
+                    stream_rate(forwarder.target, md, b, n, args.streams)
+                ),
+            )
+            rows = rows_of(data[batch])
+            if postgres is not None:
+                ceiling = measure(
+                    f"storage ceiling (COPY, {args.streams} connections), batches of {batch}",
+                    lambda r=rows: postgres_ceiling(postgres.create_database(), r, args.streams),
+                )
+            else:
+                ceiling = measure(
+                    f"storage ceiling (bare inserts), batches of {batch}",
+                    lambda r=rows, n=batch: sqlite_ceiling(tmp / f"ceiling-{n}.db", r),
+                )
+            results[f"{store}_ceiling_{batch}"] = ceiling
+            print(f"  {'forwarder / storage ceiling':<52} {fwd / ceiling:>12.1%}")
+            print(
+                f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop[f'stream_{batch}']:>12.1%}"
+            )
+        print(f"{store}: ForwardClick, 64 in flight, {args.unary_calls:,} calls per run")
+        fwd = results[f"{store}_unary"] = measure(
+            "forwarder (durable commit)",
+            lambda: asyncio.run(unary_rate(forwarder.target, md, unary)),
+        )
+        print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop['unary']:>12.1%}")
+        queued = forwarder.database.value("SELECT count(*) FROM outbox")
+        expected = 2 * args.clicks + args.unary_calls
+        print(f"  outbox rows after the run: {queued:,} (expected {expected:,})")
+        results[f"{store}_outbox_rows"] = queued
+    finally:
+        forwarder.stop()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--store", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--clicks", type=int, default=300_000, help="clicks per StreamClicks run")
     parser.add_argument("--streams", type=int, default=4, help="concurrent streams")
     parser.add_argument("--unary-calls", type=int, default=20_000)
     args = parser.parse_args()
+    stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmpdir:
         tmp = Path(tmpdir)
-        print(
-            f"building {2 * args.clicks:,} clicks and {2 * args.unary_calls:,} unary requests...",
-            flush=True,
-        )
+        print(f"building {args.clicks:,} clicks per batch size, per store...", flush=True)
         data = {
-            batch: (
-                build_batches(f"n{batch}", args.clicks, batch),
-                build_batches(f"f{batch}", args.clicks, batch),
-            )
-            for batch in (100, 500)
+            store: {
+                batch: build_batches(f"{store}{batch}", args.clicks, batch) for batch in (100, 500)
+            }
+            for store in ["noop", *stores]
         }
-        unary = (build_unary("nu", args.unary_calls), build_unary("fu", args.unary_calls))
+        unary = {store: build_unary(f"{store}u", args.unary_calls) for store in ["noop", *stores]}
 
-        noop, noop_target = start_noop(tmp)
+        noop_proc, noop_target = start_noop(tmp)
         vault = OpenBaoDevServer()
         vault.start()
-        forwarder = ForwarderProcess(
-            tmp / "fwd",
-            vault.addr,
-            vault.mint_token(),
-            env={"FORWARDER_DELIVERY": "off", "FORWARDER_LOG_LEVEL": "info"},
-        )
+        postgres = PostgresServer() if "postgres" in stores else None
         results: dict[str, float] = {}
         try:
-            forwarder.start()
-            forwarder.stub().RegisterIntegration(
-                pb.RegisterIntegrationRequest(
-                    workspace_id=WORKSPACE, private_key="pk_" + secrets.token_hex(17)
-                ),
-                metadata=forwarder.admin(),
-            )
-            md = forwarder.ingest()
-            print(
-                f"StreamClicks, {args.streams} streams x 8 batches in flight, {args.clicks:,} clicks per run"
-            )
+            if postgres is not None:
+                postgres.start()
+                print(f"{postgres.version} on this machine (fsync=on, synchronous_commit=on)")
+            print("no-op gRPC server (the gRPC ceiling)")
+            noop = {}
             for batch in (100, 500):
-                noop_b, fwd_b = data[batch]
-                results[f"noop_stream_{batch}"] = measure(
-                    f"no-op server, batches of {batch}",
-                    lambda b=noop_b, n=batch: asyncio.run(
+                noop[f"stream_{batch}"] = measure(
+                    f"StreamClicks, batches of {batch}",
+                    lambda b=data["noop"][batch], n=batch: asyncio.run(
                         stream_rate(noop_target, [], b, n, args.streams)
                     ),
                 )
-                results[f"forwarder_stream_{batch}"] = measure(
-                    f"forwarder (durable commit), batches of {batch}",
-                    lambda b=fwd_b, n=batch: asyncio.run(
-                        stream_rate(forwarder.target, md, b, n, args.streams)
-                    ),
-                )
-                print(
-                    f"  {'ratio':<52} {results[f'forwarder_stream_{batch}'] / results[f'noop_stream_{batch}']:>12.1%}"
-                )
-            print(f"ForwardClick, 64 in flight, {args.unary_calls:,} calls per run")
-            results["noop_unary"] = measure(
-                "no-op server", lambda: asyncio.run(unary_rate(noop_target, [], unary[0]))
+            noop["unary"] = measure(
+                "ForwardClick, 64 in flight",
+                lambda: asyncio.run(unary_rate(noop_target, [], unary["noop"])),
             )
-            results["forwarder_unary"] = measure(
-                "forwarder (durable commit)",
-                lambda: asyncio.run(unary_rate(forwarder.target, md, unary[1])),
-            )
-            print(f"  {'ratio':<52} {results['forwarder_unary'] / results['noop_unary']:>12.1%}")
-            with __import__("sqlite3").connect(forwarder.db_path) as db:
-                queued = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
-            expected = 2 * args.clicks + args.unary_calls
-            print(f"outbox rows after the run: {queued:,} (expected {expected:,})")
-            print(json.dumps({k: round(v) for k, v in results.items()} | {"outbox_rows": queued}))
+            results |= {f"noop_{k}": v for k, v in noop.items()}
+            for store in stores:
+                results |= run_store(
+                    store, args, tmp, vault, postgres if store == "postgres" else None,
+                    data[store], unary[store], noop,
+                )  # fmt: skip
+            print(json.dumps({k: round(v) for k, v in results.items()}))
         finally:
-            forwarder.stop()
             vault.stop()
-            noop.kill()
-            noop.wait()
+            if postgres is not None:
+                postgres.close()
+            noop_proc.kill()
+            noop_proc.wait()
 
 
 if __name__ == "__main__":

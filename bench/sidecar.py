@@ -11,7 +11,9 @@ Prints, from one run on this machine:
 The receiving server is the real forwarder (``python -m server`` with SQLite, a dev OpenBao
 and an integration registered; Klaviyo unreachable, so delivery backs off and stays idle) when
 ``tests/support/forwarder.py`` and the ``bao`` binary are available, else the no-op server.
-``--receiver`` forces one. Usage: ``python bench/sidecar.py [--seconds 10] [--log-lines N]``.
+``--receiver`` forces one. ``--profile DIR`` samples the sidecar with py-spy during each run
+(raw collapsed stacks in DIR, and the top functions by own and by total time printed).
+Usage: ``python bench/sidecar.py [--seconds 10] [--log-lines N] [--profile DIR]``.
 """
 
 from __future__ import annotations
@@ -48,19 +50,19 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "proto
 
 
 async def _serve_noop(port_file: Path) -> None:
-    async def stream_clicks(
-        requests: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Any:
+    async def stream_clicks(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         async for request in requests:
             yield forwarder_pb2.StreamClicksResponse(batch_id=request.batch_id)
 
     handler = grpc.method_handlers_generic_handler(
         "elido.forwarder.v1.ForwarderService",
-        {"StreamClicks": grpc.stream_stream_rpc_method_handler(
-            stream_clicks,
-            request_deserializer=forwarder_pb2.StreamClicksRequest.FromString,
-            response_serializer=forwarder_pb2.StreamClicksResponse.SerializeToString,
-        )},
+        {
+            "StreamClicks": grpc.stream_stream_rpc_method_handler(
+                stream_clicks,
+                request_deserializer=forwarder_pb2.StreamClicksRequest.FromString,
+                response_serializer=forwarder_pb2.StreamClicksResponse.SerializeToString,
+            )
+        },
     )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
@@ -80,8 +82,7 @@ def start_noop(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def sample_click_bytes(workspace_id: str, n: int) -> list[bytes]:
     extractor = Extractor(ExtractConfig())
-    return [extractor.extract(record(i, workspace_id)).click.SerializeToString()
-            for i in range(n)]
+    return [extractor.extract(record(i, workspace_id)).click.SerializeToString() for i in range(n)]
 
 
 def record(i: int, workspace_id: str, run: str = "r") -> dict[str, Any]:
@@ -90,8 +91,10 @@ def record(i: int, workspace_id: str, run: str = "r") -> dict[str, Any]:
         "workspace_id": workspace_id,
         "link_id": "lnk-42",
         "short_url": "https://eli.do/Ab3",
-        "destination_url": ("https://shop.example/sale/item?utm_source=klaviyo&utm_medium=email"
-                            f"&utm_campaign=bf&email=user{i % 5000}%40example.com"),
+        "destination_url": (
+            "https://shop.example/sale/item?utm_source=klaviyo&utm_medium=email"
+            f"&utm_campaign=bf&email=user{i % 5000}%40example.com"
+        ),
         "click_time": time.time() - 1,
         "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
         "referrer": "https://mail.example/",
@@ -103,9 +106,11 @@ async def grpc_ceiling(target: str, seconds: float, token: str) -> float:
     clicks = sample_click_bytes("ws-bench", 500)
     requests = [encode_request(i, clicks) for i in range(1, 100_001)]
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.stream_stream(METHOD, request_serializer=lambda b: b,
-                                     response_deserializer=forwarder_pb2.StreamClicksResponse.FromString)(
-            None, metadata=(("authorization", f"Bearer {token}"),))
+        call = channel.stream_stream(
+            METHOD,
+            request_serializer=lambda b: b,
+            response_deserializer=forwarder_pb2.StreamClicksResponse.FromString,
+        )(None, metadata=(("authorization", f"Bearer {token}"),))
         window = asyncio.Semaphore(8)
         acked = 0
         stop_at = time.monotonic() + seconds
@@ -149,13 +154,76 @@ def start_forwarder(stack: ExitStack, tmp: Path) -> tuple[str, str, str]:
     workspace = "ws-bench"
     fwd.stub().RegisterIntegration(
         forwarder_pb2.RegisterIntegrationRequest(
-            workspace_id=workspace, private_key="pk_" + secrets.token_hex(17)),
+            workspace_id=workspace, private_key="pk_" + secrets.token_hex(17)
+        ),
         metadata=tuple(fwd.admin()),
     )
     return fwd.target, fwd.ingest_token, workspace
 
 
 # -- the sidecar ------------------------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy sampling one process into a raw collapsed-stacks file."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        return summarize(self.out)
+
+
+# Frames every sample passes through (the interpreter's start, the event loop): left out of
+# the inclusive ranking, where they would only say 100 %.
+_PLUMBING = ("(<frozen runpy>)", "(runners.py)", "(base_events.py)", "(events.py)", "(__main__.py)")
+
+
+def summarize(path: Path, top: int = 12) -> str:
+    """The top functions of a py-spy raw profile, by own samples and by inclusive samples."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            for f in stack.split(";")
+        ]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            if not frame.endswith(_PLUMBING):
+                total[frame] = total.get(frame, 0) + count
+    lines = [f"  {samples} samples; top by own time:"]
+    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {n / samples:6.1%}  {name}")
+    lines.append("  top by total time (incl. callees):")
+    for name, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {n / samples:6.1%}  {name}")
+    return "\n".join(lines)
 
 
 class Sidecar:
@@ -170,10 +238,10 @@ class Sidecar:
 [http]
 port = 0
 [spool]
-directory = "{tmp / 'spool'}"
+directory = "{tmp / "spool"}"
 [stream]
 target = "{target}"
-token_file = "{tmp / 'token'}"
+token_file = "{tmp / "token"}"
 batch_max_clicks = 500
 window_batches = 8
 [log]
@@ -184,7 +252,10 @@ level = "warning"
             # Level warning hides http_listening: find the port in /proc instead.
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ingest_sidecar", "--config", str(tmp / "sidecar.toml")],
-                env={**ENV, "ELIDO_SIDECAR_LOG_LEVEL": "info"}, stderr=err, cwd=ROOT)
+                env={**ENV, "ELIDO_SIDECAR_LOG_LEVEL": "info"},
+                stderr=err,
+                cwd=ROOT,
+            )
         self.port = 0
 
     async def ready(self) -> None:
@@ -207,8 +278,13 @@ level = "warning"
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         text = (await reader.read()).decode()
         writer.close()
-        return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                       if line.startswith("elido_sidecar_acked_clicks_total{")))
+        return int(
+            sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("elido_sidecar_acked_clicks_total{")
+            )
+        )
 
     async def wait_acked(self, count: int, limit_s: float = 300.0) -> None:
         deadline = time.monotonic() + limit_s
@@ -222,22 +298,33 @@ level = "warning"
         self.proc.wait(30)
 
 
-async def post_loop(port: int, workspace: str, run: str, seconds: float, batch: int,
-                    connections: int) -> int:
+async def post_loop(
+    port: int, workspace: str, run: str, seconds: float, batch: int, connections: int
+) -> int:
     """Keep-alive posters; returns clicks accepted (202)."""
     accepted = 0
     stop_at = time.monotonic() + seconds
     counter = 0
+    # Lines built once with a placeholder for the click id: the client's own JSON encoding
+    # must not take the CPU the sidecar is measured on.
+    template = [
+        json.dumps(record(i, workspace, "@@")).encode().replace(b"@@-%d" % i, b"@ID@")
+        for i in range(batch)
+    ]
 
     async def one() -> None:
         nonlocal accepted, counter
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while time.monotonic() < stop_at:
             start, counter = counter, counter + batch
-            body = "\n".join(json.dumps(record(i, workspace, run))
-                             for i in range(start, start + batch)).encode()
-            writer.write(b"POST /v1/clicks HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
-                         % len(body) + body)
+            body = b"\n".join(
+                line.replace(b"@ID@", b"%s-%d" % (run.encode(), start + i))
+                for i, line in enumerate(template)
+            )
+            writer.write(
+                b"POST /v1/clicks HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+                + body
+            )
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
@@ -257,7 +344,8 @@ async def bench(args: argparse.Namespace) -> None:
         stack.callback(noop.kill)
         ceiling = await grpc_ceiling(noop_target, args.seconds, "x")
         use_forwarder = args.receiver == "forwarder" or (
-            args.receiver == "auto" and (ROOT / "tests/support/forwarder.py").exists()
+            args.receiver == "auto"
+            and (ROOT / "tests/support/forwarder.py").exists()
             and shutil.which("bao", path=str(Path(sys.executable).parent)) is not None
         )
         if use_forwarder:
@@ -270,14 +358,18 @@ async def bench(args: argparse.Namespace) -> None:
             server_ceiling = ceiling
 
         # HTTP -> spool -> server.
+        profiles: dict[str, str] = {}
         sidecar = Sidecar(tmp / "http", target, token)
         stack.callback(sidecar.proc.kill)
         await sidecar.ready()
+        profiler = Profiler(sidecar.proc.pid, args.profile / "http.txt") if args.profile else None
         start = time.monotonic()
         accepted = await post_loop(sidecar.port, workspace, "h", args.seconds, 200, 4)
         http_elapsed = time.monotonic() - start
         await sidecar.wait_acked(accepted)
         http_e2e_elapsed = time.monotonic() - start
+        if profiler:
+            profiles["HTTP in"] = profiler.stop()
         http_rss = sidecar.peak_rss_mb()
         sidecar.stop()
 
@@ -289,33 +381,48 @@ async def bench(args: argparse.Namespace) -> None:
         sidecar = Sidecar(tmp / "log", target, token, tail=log)
         stack.callback(sidecar.proc.kill)
         await sidecar.ready()
+        profiler = Profiler(sidecar.proc.pid, args.profile / "log.txt") if args.profile else None
         start = time.monotonic()
         await sidecar.wait_acked(args.log_lines)
         log_elapsed = time.monotonic() - start
+        if profiler:
+            profiles["log in"] = profiler.stop()
         log_rss = sidecar.peak_rss_mb()
         sidecar.stop()
 
     print(f"receiving server: {receiver}")
-    print(f"no-op grpc.aio StreamClicks ceiling (batches of 500, window 8): {ceiling:,.0f} clicks/s")
+    print(
+        f"no-op grpc.aio StreamClicks ceiling (batches of 500, window 8): {ceiling:,.0f} clicks/s"
+    )
     if use_forwarder:
         print(f"same client against the receiving server: {server_ceiling:,.0f} clicks/s")
-    print(f"HTTP in: {accepted / http_elapsed:,.0f} clicks/s accepted (202, fsynced); "
-          f"{accepted / http_e2e_elapsed:,.0f} clicks/s through to server acks "
-          f"({accepted:,} clicks, {accepted / http_e2e_elapsed / ceiling:.1%} of ceiling); "
-          f"peak RSS {http_rss:.1f} MB")
-    print(f"log in:  {args.log_lines / log_elapsed:,.0f} clicks/s through to server acks "
-          f"({args.log_lines:,} lines, {args.log_lines / log_elapsed / ceiling:.1%} of "
-          f"ceiling); peak RSS {log_rss:.1f} MB")
+    print(
+        f"HTTP in: {accepted / http_elapsed:,.0f} clicks/s accepted (202, fsynced); "
+        f"{accepted / http_e2e_elapsed:,.0f} clicks/s through to server acks "
+        f"({accepted:,} clicks, {accepted / http_e2e_elapsed / ceiling:.1%} of ceiling); "
+        f"peak RSS {http_rss:.1f} MB"
+    )
+    print(
+        f"log in:  {args.log_lines / log_elapsed:,.0f} clicks/s through to server acks "
+        f"({args.log_lines:,} lines, {args.log_lines / log_elapsed / ceiling:.1%} of "
+        f"ceiling); peak RSS {log_rss:.1f} MB"
+    )
+    for name, text in profiles.items():
+        print(f"py-spy profile of the sidecar, {name}:\n{text}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--log-lines", type=int, default=200_000)
     parser.add_argument("--receiver", choices=("auto", "noop", "forwarder"), default="auto")
+    parser.add_argument("--profile", type=Path, help="py-spy raw profiles of the sidecar here")
     parser.add_argument("--serve-noop", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if args.serve_noop:
         asyncio.run(_serve_noop(Path(args.serve_noop)))
         return

@@ -24,6 +24,9 @@ PHONE_PATTERN: Final = re.compile(r"\+[1-9][0-9]{6,14}")
 # Klaviyo's exchange id, `<urlencoded base64-like token>.<6-char suffix>`, after URL decoding.
 KX_PATTERN: Final = re.compile(r"[A-Za-z0-9+/=_-]{1,400}\.[A-Za-z0-9]{6}")
 MAX_EXTERNAL_ID: Final = 256
+# A UTM parameter's name, and the longest value taken from a URL.
+UTM_KEY_PATTERN: Final = re.compile(r"utm_[a-z0-9_]{1,40}")
+MAX_UTM_VALUE: Final = 1024
 
 
 # RFC 6531 (internationalised) addresses: the ASCII rules, plus any printable non-ASCII

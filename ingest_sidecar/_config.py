@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final, get_type_hints
 
 ENV_PREFIX: Final = "ELIDO_SIDECAR_"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(ValueError):
@@ -250,7 +251,7 @@ def _build(section: str, cls: type[Any], table: Mapping[str, Any], env: Mapping[
         key = f"{section}.{name}"
         env_name = f"{ENV_PREFIX}{section.upper()}_{name.upper()}"
         if env_name in env:
-            values[name] = _coerce(key, hints[name], env[env_name])
+            values[name] = _coerce(f"{env_name} ({key})", hints[name], env[env_name])
         elif name in table:
             if name == "token":
                 raise ConfigError("stream.token: put the token in token_file or the environment")
@@ -280,7 +281,8 @@ def load_config(
         sections[name] = _build(name, cls, table, env)
     grace_env = env.get(f"{ENV_PREFIX}SHUTDOWN_GRACE_S")
     grace = raw.get("shutdown_grace_s", 5.0) if grace_env is None else grace_env
-    config = SidecarConfig(**sections, shutdown_grace_s=_coerce("shutdown_grace_s", float, grace))
+    grace_name = "shutdown_grace_s" if grace_env is None else f"{ENV_PREFIX}SHUTDOWN_GRACE_S"
+    config = SidecarConfig(**sections, shutdown_grace_s=_coerce(grace_name, float, grace))
     stream: StreamConfig = config.stream
     if not stream.token and stream.token_file:
         try:
@@ -311,3 +313,36 @@ def validate(config: SidecarConfig) -> None:
         raise ConfigError("http.port must be 0-65535")
     if config.stream.cert_file and not config.stream.key_file:
         raise ConfigError("stream.cert_file needs stream.key_file (mTLS)")
+    if config.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}")
+    positive = {
+        "http.max_body_bytes": config.http.max_body_bytes,
+        "http.idle_timeout_s": config.http.idle_timeout_s,
+        "tail.poll_interval_s": config.tail.poll_interval_s,
+        "tail.max_line_bytes": config.tail.max_line_bytes,
+        "stream.ack_timeout_s": config.stream.ack_timeout_s,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive")
+    not_negative = {
+        "http.full_wait_s": config.http.full_wait_s,
+        "http.retry_after_s": config.http.retry_after_s,
+        "spool.fsync_interval_ms": config.spool.fsync_interval_ms,
+        "stream.batch_linger_ms": config.stream.batch_linger_ms,
+        "log.bad_input_logs_per_minute": config.log.bad_input_logs_per_minute,
+        "shutdown_grace_s": config.shutdown_grace_s,
+    }
+    for name, value in not_negative.items():
+        if not value >= 0:
+            raise ConfigError(f"{name} must not be negative")
+    if not config.spool.directory:
+        raise ConfigError("spool.directory must be set")
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(config.stream, name)
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"stream.{name}: cannot read {path}: {exc.strerror}") from None

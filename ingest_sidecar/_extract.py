@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from elido.forwarder.v1 import forwarder_pb2
 
@@ -91,17 +91,15 @@ def _get_path(record: Mapping[str, Any], path: str) -> Any:
 
 def _text(record: Mapping[str, Any], name: str, mapping: Mapping[str, str]) -> str:
     """The string field ``name`` (through ``mapping``); empty when absent or an empty marker."""
-    value = _get_path(record, mapping.get(name, name))
+    value = _get_path(record, mapping[name]) if mapping else record.get(name)
+    if value.__class__ is str:
+        # nginx logs an unset variable as "-" (or an empty string).
+        return "" if value == "-" else value
     if value is None:
         return ""
-    if type(value) is str:
-        text = value
-    elif isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise Skip("wrong_type", f"{name} must be a string")
-    else:
-        text = str(value)
-    # nginx logs an unset variable as "-" (or an empty string).
-    return "" if text == "-" else text
+    return str(value)
 
 
 def _parse_time(value: Any, now: float) -> float:
@@ -134,18 +132,84 @@ def _parse_time(value: Any, now: float) -> float:
     return seconds
 
 
-def _check_url(url: str, name: str) -> str:
-    if not url:
-        return ""
-    if len(url.encode("utf-8", "surrogatepass")) > MAX_URL_BYTES:
-        raise Skip("url_too_long", f"{name} longer than 8 KiB")
+def _split_http(url: str) -> tuple[str, str] | None:
+    """(netloc, query) of an absolute http(s) URL, or None if it is not one.
+
+    ``urlsplit`` costs ~4 µs a URL; the plain ASCII URLs the proxy almost always sends are
+    split here for a fraction of that, with the same result. Anything unusual (non-ASCII,
+    whitespace or controls that urlsplit strips, IPv6 brackets it validates) goes to urlsplit.
+    """
+    head = url[:8].lower()
+    if head.startswith("https://"):
+        rest = url[8:]
+    elif head.startswith("http://"):
+        rest = url[7:]
+    else:
+        rest = ""
+    if (
+        rest
+        and url.isascii()
+        and url[0] > " "
+        and "\t" not in url
+        and "\n" not in url
+        and "\r" not in url
+        and "[" not in url
+        and "]" not in url
+    ):
+        end = len(rest)
+        for sep in "/?#":
+            index = rest.find(sep, 0, end)
+            if index >= 0:
+                end = index
+        netloc = rest[:end]
+        query = rest[end:].partition("#")[0].partition("?")[2]
+        return (netloc, query) if netloc else None
     try:
         parts = urlsplit(url)
     except ValueError:
-        raise Skip("invalid_url", f"{name} is not a URL") from None
+        raise Skip("invalid_url", "not a URL") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    return parts.netloc, parts.query
+
+
+def _check_url(url: str, name: str) -> str:
+    """The query of ``url`` (Skip unless it is an absolute http(s) URL <= 8 KiB)."""
+    if (len(url) > MAX_URL_BYTES // 4) and len(
+        url.encode("utf-8", "surrogatepass")
+    ) > MAX_URL_BYTES:
+        raise Skip("url_too_long", f"{name} longer than 8 KiB")
+    try:
+        split = _split_http(url)
+    except Skip:
+        raise Skip("invalid_url", f"{name} is not a URL") from None
+    if split is None:
         raise Skip("invalid_url", f"{name} is not an absolute http(s) URL")
-    return url
+    return split[1]
+
+
+def _query(query: str) -> dict[str, str]:
+    """``dict(parse_qsl(query))`` keeping each name's first value, without its overhead."""
+    params: dict[str, str] = {}
+    if not query:
+        return params
+    for pair in query.split("&"):
+        name, eq, value = pair.partition("=")
+        if not eq or not value:
+            # parse_qsl without keep_blank_values drops `name` and `name=` alike.
+            continue
+        if "+" in name:
+            name = name.replace("+", " ")
+        if "%" in name:
+            name = unquote(name)
+        if name in params:
+            continue
+        if "+" in value:
+            value = value.replace("+", " ")
+        if "%" in value:
+            value = unquote(value)
+        params[name] = value
+    return params
 
 
 def _fits(text: str, limit: int) -> bool:
@@ -192,6 +256,8 @@ class Extractor:
             *config.external_id_parameters,
             config.kx_parameter,
         }
+        self._mapping_source: Mapping[str, str] | None = None
+        self._mapping: dict[str, str] = {}
 
     def extract(
         self,
@@ -202,7 +268,14 @@ class Extractor:
         """The click for ``record``; raises :class:`Skip` with a reason if there is none."""
         if not isinstance(record, dict):
             raise Skip("not_an_object", "a click record must be a JSON object")
-        mapping = mapping or {}
+        if mapping:
+            if mapping is not self._mapping_source:
+                # Completed once per mapping: unmapped fields use their own name.
+                self._mapping = {name: mapping.get(name, name) for name in RECORD_FIELDS}
+                self._mapping_source = mapping
+            mapping = self._mapping
+        else:
+            mapping = {}
         now = time.time() if now is None else now
         config = self._config
 
@@ -211,17 +284,15 @@ class Extractor:
             raise Skip("missing_workspace_id")
         if not WORKSPACE_ID_RE.fullmatch(workspace_id):
             raise Skip("invalid_workspace_id")
-        destination_url = _check_url(_text(record, "destination_url", mapping), "destination_url")
+        destination_url = _text(record, "destination_url", mapping)
         if not destination_url:
             raise Skip("missing_destination_url")
-        short_url = _check_url(_text(record, "short_url", mapping), "short_url")
-        raw_time = _get_path(record, mapping.get("click_time", "click_time"))
+        query = _query(_check_url(destination_url, "destination_url"))
+        short_url = _text(record, "short_url", mapping)
+        if short_url:
+            _check_url(short_url, "short_url")
+        raw_time = _get_path(record, mapping["click_time"]) if mapping else record.get("click_time")
         click_time = _parse_time(raw_time, now)
-
-        query: dict[str, str] = {}
-        split = urlsplit(destination_url)
-        for key, value in parse_qsl(split.query, keep_blank_values=False):
-            query.setdefault(key, value)
 
         click_id = _text(record, "click_id", mapping)
         if not click_id and config.click_id_parameter:
@@ -265,7 +336,11 @@ class Extractor:
         for key, value in query.items():
             if key.startswith("utm_") and key not in self._identifier_params:
                 utm[key] = value
-        given_utm = _get_path(record, mapping.get("utm_parameters", "utm_parameters"))
+        given_utm = (
+            _get_path(record, mapping["utm_parameters"])
+            if mapping
+            else record.get("utm_parameters")
+        )
         if given_utm is not None:
             if not isinstance(given_utm, Mapping):
                 raise Skip("wrong_type", "utm_parameters must be an object")
@@ -317,16 +392,20 @@ class Extractor:
         invalid: list[str],
     ) -> str:
         """The first valid identifier: the record's own field, then the URL's parameters."""
-        candidates = [_text(record, name, mapping)]
-        candidates.extend(query.get(p, "") for p in parameters)
         seen_invalid = False
-        for candidate in candidates:
-            if not candidate:
-                continue
+        candidate = _text(record, name, mapping)
+        if candidate:
             normalized: str = normalize(candidate)
             if normalized:
                 return normalized
             seen_invalid = True
+        for parameter in parameters:
+            candidate = query.get(parameter, "")
+            if candidate:
+                normalized = normalize(candidate)
+                if normalized:
+                    return normalized
+                seen_invalid = True
         if seen_invalid:
             invalid.append(name)
         return ""

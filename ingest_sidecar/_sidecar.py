@@ -8,7 +8,8 @@ from typing import Any
 
 import structlog
 
-from ._config import SidecarConfig
+from . import _tracing
+from ._config import ConfigError, SidecarConfig
 from ._extract import Extractor
 from ._http import HttpServer
 from ._intake import Intake
@@ -42,7 +43,12 @@ class Sidecar:
     async def start(self) -> None:
         """Opens the spool (recovering it), then starts streaming and the inputs."""
         config = self.config
-        self.spool = await Spool.open(config.spool, self.metrics)
+        try:
+            self.spool = await Spool.open(config.spool, self.metrics)
+        except OSError as exc:
+            raise ConfigError(
+                f"spool.directory: cannot use {config.spool.directory}: {exc.strerror or exc}"
+            ) from exc
         limiter = LogLimiter(config.log.bad_input_logs_per_minute, "ingest_sidecar.input")
         intake = Intake(Extractor(config.extract), self.spool, self.metrics, limiter)
         if config.stream.target:
@@ -53,12 +59,31 @@ class Sidecar:
         else:
             log.warning("streaming_disabled", reason="stream.target is empty")
         self.http = HttpServer(config.http, intake, self.metrics, self._health)
-        await self.http.start()
+        try:
+            await self.http.start()
+        except OSError as exc:
+            await self._abandon()
+            raise ConfigError(
+                f"http.host/http.port: cannot listen on {config.http.host}:{config.http.port}: "
+                f"{exc.strerror or exc}"
+            ) from exc
         if config.tail.path:
             self.tailer = Tailer(config.tail, config.tail_checkpoint_path, intake, self.metrics)
             self._tasks["tail"] = asyncio.create_task(self.tailer.run(), name="tail")
         for task in self._tasks.values():
             task.add_done_callback(self._task_done)
+
+    async def _abandon(self) -> None:
+        """Undoes a start that failed half-way (the stream task, the spool)."""
+        if self.streamer is not None:
+            await self.streamer.stop(0)
+        for task in self._tasks.values():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+        if self.spool is not None:
+            await self.spool.close()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -97,6 +122,7 @@ class Sidecar:
                 await asyncio.wait_for(stream_task, 2.0)
         if self.spool is not None:
             await self.spool.close()
+        _tracing.shutdown()
         log.info("stopped", unacked_clicks=self.spool.unacked if self.spool else 0)
 
     async def run_until(self, stop: asyncio.Event) -> None:

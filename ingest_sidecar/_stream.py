@@ -28,6 +28,7 @@ import structlog
 from elido.forwarder.v1 import forwarder_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from . import _tracing
 from ._config import StreamConfig
 from ._metrics import Metrics
 from ._ratelimit import LogLimiter
@@ -158,6 +159,7 @@ class Streamer:
                     self._metrics.stream_connected.set(0)
                     self._inflight.clear()
                     self._metrics.inflight_batches.set(0)
+                    _tracing.batches_abandoned("stream_closed")
                 if self._stopping:
                     return
                 self._metrics.stream_reconnects.labels(reason).inc()
@@ -262,7 +264,10 @@ class Streamer:
             self._inflight.append(_Batch(batch_id, end, len(clicks)))
             self._metrics.inflight_batches.set(len(self._inflight))
             try:
-                await call.write(encode_request(batch_id, clicks))
+                await call.write(
+                    encode_request(batch_id, clicks)
+                    + _tracing.batch_sent(batch_id, end.seq - len(clicks), end.seq)
+                )
             except asyncio.InvalidStateError:
                 # The call already ended: report its status, as the receiver would.
                 code = await call.code()
@@ -319,6 +324,7 @@ class Streamer:
         for name, count in counts.items():
             self._metrics.acked.labels(name).inc(count)
         self._spool.ack(batch.end)
+        _tracing.batch_acked(batch.batch_id)
         self._acked_any = True
         self._acked.set()
 

@@ -1,7 +1,9 @@
 """Bearer-token authentication and role-based access to the RPCs.
 
 Tokens are stored only as SHA-256 hashes (they are long random strings, so a fast hash is
-enough; nothing to brute-force) and compared in constant time. A token file looks like::
+enough; nothing to brute-force) and compared in constant time. The file is read at start
+and again on SIGHUP (:meth:`TokenRegistry.replace`); ``elido-fwd tokens`` writes it. It
+looks like::
 
     {"tokens": [{"name": "dashboard", "role": "admin", "sha256": "<hex>"},
                 {"name": "edge-sidecar", "roles": ["ingest"], "sha256": "<hex>"}]}
@@ -77,19 +79,39 @@ class TokenRegistry:
             (bytes.fromhex(digest), Principal(name, roles)) for name, roles, digest in entries
         ]
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def replace(self, other: TokenRegistry) -> None:
+        """Take ``other``'s tokens: later calls see only them, calls already admitted go on.
+
+        One assignment, so a concurrent :meth:`authenticate` sees the old list or the new one.
+        """
+        self._entries = other._entries
+
     @classmethod
     def from_file(cls, path: Path) -> TokenRegistry:
         """Load a token file (see the module docstring); raises ``ValueError`` if malformed."""
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+        items = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise ValueError(f'{path}: expected {{"tokens": [...]}}')
         entries = []
-        for i, item in enumerate(data.get("tokens", [])):
-            raw_roles = item.get("roles") or [item.get("role")]
+        for i, item in enumerate(items):
             try:
+                if not isinstance(item, dict):
+                    raise ValueError("not an object")
+                raw_roles = item.get("roles") or [item.get("role")]
                 roles = frozenset(Role(r) for r in raw_roles)
                 digest = str(item["sha256"]).lower()
                 if len(bytes.fromhex(digest)) != 32:
                     raise ValueError("sha256 must be 64 hex characters")
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, TypeError) as exc:
                 raise ValueError(f"{path}: tokens[{i}] is malformed: {exc}") from None
             entries.append((str(item.get("name", f"token-{i}")), roles, digest))
         return cls(entries)

@@ -1,7 +1,10 @@
 """The forwarder's configuration: small frozen dataclasses, read once from the environment.
 
-Every setting has an embedded default so that ``make run`` needs none; production sets at
-least ``VAULT_ADDR`` with ``VAULT_TOKEN`` or AppRole credentials, and ``FORWARDER_TOKENS_FILE``.
+Every part's settings are parsed by its own function over one :class:`~server._env.Env`
+(which collects every problem, one line each, naming the variable, and supports ``*_FILE``
+for secrets); :func:`load_config` assembles them and raises :class:`ConfigError` listing every
+problem. Every setting has an embedded default so that ``make run`` needs none; production
+sets at least ``VAULT_ADDR`` with Vault credentials, and ``FORWARDER_TOKENS_FILE``.
 """
 
 from __future__ import annotations
@@ -12,25 +15,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from server._env import ConfigError, Env
 from server._logging import LogFormat
 from server.delivery._config import DeliveryConfig, RetryPolicy
 from server.delivery._klaviyo import KlaviyoConfig
 from server.delivery._ratelimit import RateLimitConfig, RateWindow
-from server.store import SqliteConfig
+from server.store import PostgresConfig, SqliteConfig, StoreConfig, is_postgres_url
 from server.vault import VaultConfig
+from server.vault._config import vault_config
+
+__all__ = [
+    "ConfigError",
+    "ForwarderConfig",
+    "ServerConfig",
+    "TlsConfig",
+    "load_config",
+]
 
 DEFAULT_LISTEN: Final = "127.0.0.1:50051"
 # One per core, up to 8: past that the database's single writer is the limit.
 DEFAULT_INTAKE_WORKERS: Final = min(8, os.cpu_count() or 1)
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    """Server TLS; with ``client_ca_file`` clients must present a certificate (mTLS)."""
+    """Server TLS; with ``client_ca_file`` clients must present a certificate (mTLS).
+
+    The files are read at start and again on SIGHUP (certificate rotation without restart).
+    """
 
     cert_file: Path
     key_file: Path
@@ -42,6 +55,7 @@ class ServerConfig:
     """The gRPC endpoint."""
 
     listen: str = DEFAULT_LISTEN
+    # Read at start and again on SIGHUP.
     tokens_file: Path | None = None
     tls: TlsConfig | None = None
     # Drain time on SIGTERM: in-flight RPCs finish, new ones are refused.
@@ -70,109 +84,137 @@ class ForwarderConfig:
     """Everything the forwarder needs, passed explicitly to each part."""
 
     server: ServerConfig
-    store: SqliteConfig
+    store: StoreConfig
     vault: VaultConfig
     klaviyo: KlaviyoConfig
     delivery: DeliveryConfig
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+def _tls_config(env: Env) -> TlsConfig | None:
+    cert, key = env.path("FORWARDER_TLS_CERT"), env.path("FORWARDER_TLS_KEY")
+    client_ca = env.path("FORWARDER_TLS_CLIENT_CA")
+    if not (cert or key):
+        if client_ca:
+            env.problem("FORWARDER_TLS_CLIENT_CA needs FORWARDER_TLS_CERT and FORWARDER_TLS_KEY")
+        return None
+    if not (cert and key):
+        env.problem("FORWARDER_TLS_CERT and FORWARDER_TLS_KEY go together")
+        return None
+    return TlsConfig(cert, key, client_ca)
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _number(env, name, default)
-    if value != int(value):
-        raise ConfigError(f"{name} must be a whole number")
-    return int(value)
-
-
-def _path(env: Mapping[str, str], name: str) -> Path | None:
-    raw = env.get(name)
-    return Path(raw) if raw else None
-
-
-def load_config(env: Mapping[str, str]) -> ForwarderConfig:
-    """Read the configuration; raises :class:`ConfigError` naming the bad variable."""
-    data_dir = Path(env.get("FORWARDER_DATA_DIR", "var"))
-    log_format = env.get("FORWARDER_LOG_FORMAT", "json")
-    if log_format not in ("json", "console"):
-        raise ConfigError("FORWARDER_LOG_FORMAT must be json or console")
-    tls: TlsConfig | None = None
-    cert, key = _path(env, "FORWARDER_TLS_CERT"), _path(env, "FORWARDER_TLS_KEY")
-    if cert or key:
-        if not (cert and key):
-            raise ConfigError("FORWARDER_TLS_CERT and FORWARDER_TLS_KEY go together")
-        tls = TlsConfig(cert, key, _path(env, "FORWARDER_TLS_CLIENT_CA"))
-    server = ServerConfig(
-        listen=env.get("FORWARDER_LISTEN", DEFAULT_LISTEN),
-        tokens_file=_path(env, "FORWARDER_TOKENS_FILE"),
-        tls=tls,
-        grace_s=_number(env, "FORWARDER_GRACE_S", 10.0),
-        metrics_listen=env.get("FORWARDER_METRICS_LISTEN", ""),
-        max_message_bytes=_int(env, "FORWARDER_MAX_MESSAGE_BYTES", 4 * 1024 * 1024),
+def _server_config(env: Env) -> ServerConfig:
+    tokens_file = env.path("FORWARDER_TOKENS_FILE")
+    if tokens_file is None:
+        env.problem("FORWARDER_TOKENS_FILE is required: every RPC is authenticated against it")
+    log_format = env.choice("FORWARDER_LOG_FORMAT", "json", ("json", "console"))
+    return ServerConfig(
+        listen=env.listen("FORWARDER_LISTEN", DEFAULT_LISTEN, unix=True),
+        tokens_file=tokens_file,
+        tls=_tls_config(env),
+        grace_s=env.number("FORWARDER_GRACE_S", 10.0, minimum=0),
+        metrics_listen=env.listen("FORWARDER_METRICS_LISTEN", "", default_host="127.0.0.1"),
+        max_message_bytes=env.integer(
+            "FORWARDER_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=2**31 - 1
+        ),
         log_format="json" if log_format == "json" else "console",
-        log_level=env.get("FORWARDER_LOG_LEVEL", "info"),
-        port_file=_path(env, "FORWARDER_PORT_FILE"),
-        intake_workers=_int(env, "FORWARDER_INTAKE_WORKERS", DEFAULT_INTAKE_WORKERS),
-        max_streams_per_caller=_int(env, "FORWARDER_MAX_STREAMS_PER_CALLER", 64),
-        stream_idle_timeout_s=_number(env, "FORWARDER_STREAM_IDLE_TIMEOUT_S", 120.0),
-        keepalive_s=_number(env, "FORWARDER_KEEPALIVE_S", 60.0),
+        log_level=env.choice("FORWARDER_LOG_LEVEL", "info", LOG_LEVELS),
+        port_file=env.path("FORWARDER_PORT_FILE"),
+        max_streams_per_caller=env.integer("FORWARDER_MAX_STREAMS_PER_CALLER", 64, minimum=1),
+        stream_idle_timeout_s=env.positive("FORWARDER_STREAM_IDLE_TIMEOUT_S", 120.0),
+        keepalive_s=env.number("FORWARDER_KEEPALIVE_S", 60.0, minimum=1),
+        intake_workers=env.integer(
+            "FORWARDER_INTAKE_WORKERS", DEFAULT_INTAKE_WORKERS, minimum=0, maximum=64
+        ),
     )
-    if server.max_streams_per_caller < 1:
-        raise ConfigError("FORWARDER_MAX_STREAMS_PER_CALLER must be at least 1")
-    if not server.stream_idle_timeout_s > 0 or not server.keepalive_s >= 1:
-        raise ConfigError(
-            "FORWARDER_STREAM_IDLE_TIMEOUT_S must be positive and FORWARDER_KEEPALIVE_S >= 1"
+
+
+def _sqlite_config(env: Env, window: float) -> SqliteConfig:
+    data_dir = Path(env.text("FORWARDER_DATA_DIR", "var"))
+    return SqliteConfig(
+        path=env.path("FORWARDER_DB_PATH") or data_dir / "forwarder.db",
+        synchronous=env.choice("FORWARDER_DB_SYNCHRONOUS", "FULL", ("FULL", "EXTRA", "NORMAL")),
+        attribution_window_s=window,
+        busy_timeout_ms=env.integer("FORWARDER_DB_BUSY_TIMEOUT_MS", 5000, minimum=0),
+    )
+
+
+def _store_config(env: Env) -> StoreConfig:
+    """PostgreSQL when FORWARDER_DATABASE_URL (or its _FILE) is set, else the SQLite file."""
+    window = env.positive("FORWARDER_ATTRIBUTION_WINDOW_S", 90 * 86400.0)
+    url = env.secret("FORWARDER_DATABASE_URL")
+    if url:
+        if not is_postgres_url(url):
+            # Never echo the value: it may hold a password.
+            env.problem("FORWARDER_DATABASE_URL must be a postgresql:// URL")
+        return PostgresConfig(
+            url=url,
+            pool_size=env.integer("FORWARDER_DB_POOL_SIZE", 10, minimum=1, maximum=200),
+            attribution_window_s=window,
+            statement_timeout_ms=env.integer(
+                "FORWARDER_DB_STATEMENT_TIMEOUT_MS", 15000, minimum=100
+            ),
         )
-    if not 0 <= server.intake_workers <= 64:
-        raise ConfigError("FORWARDER_INTAKE_WORKERS must be between 0 and 64")
-    synchronous = env.get("FORWARDER_DB_SYNCHRONOUS", "FULL").upper()
-    if synchronous not in ("FULL", "NORMAL", "EXTRA"):
-        raise ConfigError("FORWARDER_DB_SYNCHRONOUS must be FULL, EXTRA or NORMAL")
-    store = SqliteConfig(
-        path=_path(env, "FORWARDER_DB_PATH") or data_dir / "forwarder.db",
-        synchronous=synchronous,
-        attribution_window_s=_number(env, "FORWARDER_ATTRIBUTION_WINDOW_S", 90 * 86400.0),
-        busy_timeout_ms=_int(env, "FORWARDER_DB_BUSY_TIMEOUT_MS", 5000),
+    return _sqlite_config(env, window)
+
+
+def move_configs(env: Mapping[str, str]) -> tuple[SqliteConfig, PostgresConfig]:
+    """The stores of ``elido-forwarder move-store``: the SQLite file (from the embedded
+    settings) and the PostgreSQL database (FORWARDER_DATABASE_URL or its _FILE, required)."""
+    reader = Env(env)
+    target = _store_config(reader)
+    source = _sqlite_config(reader, 90 * 86400.0)
+    if not isinstance(target, PostgresConfig):
+        reader.problem("FORWARDER_DATABASE_URL (or FORWARDER_DATABASE_URL_FILE) is required")
+    reader.raise_problems()
+    assert isinstance(target, PostgresConfig)  # raise_problems() raised otherwise
+    return source, target
+
+
+def _klaviyo_config(env: Env) -> KlaviyoConfig:
+    base_url = env.text("KLAVIYO_BASE_URL", "https://a.klaviyo.com")
+    if not base_url.startswith(("http://", "https://")):
+        env.problem(f"KLAVIYO_BASE_URL must be an http:// or https:// URL, got {base_url!r}")
+    return KlaviyoConfig(
+        base_url=base_url,
+        revision=env.text("KLAVIYO_REVISION", "2026-07-15"),
+        timeout_s=env.positive("KLAVIYO_TIMEOUT_S", 10.0),
     )
-    klaviyo = KlaviyoConfig(
-        base_url=env.get("KLAVIYO_BASE_URL", "https://a.klaviyo.com"),
-        revision=env.get("KLAVIYO_REVISION", "2026-07-15"),
-        timeout_s=_number(env, "KLAVIYO_TIMEOUT_S", 10.0),
-    )
-    limits = RateLimitConfig(
-        events=RateWindow(
-            _int(env, "KLAVIYO_EVENTS_BURST_PER_S", 350),
-            _int(env, "KLAVIYO_EVENTS_STEADY_PER_MIN", 3500),
-        ),
-        bulk=RateWindow(
-            _int(env, "KLAVIYO_BULK_BURST_PER_S", 10), _int(env, "KLAVIYO_BULK_STEADY_PER_MIN", 150)
-        ),
-    )
+
+
+def _delivery_config(env: Env) -> DeliveryConfig:
+    def window(prefix: str, burst: int, steady: int) -> RateWindow:
+        return RateWindow(
+            env.integer(f"KLAVIYO_{prefix}_BURST_PER_S", burst, minimum=1),
+            env.integer(f"KLAVIYO_{prefix}_STEADY_PER_MIN", steady, minimum=1),
+        )
+
+    limits = RateLimitConfig(events=window("EVENTS", 350, 3500), bulk=window("BULK", 10, 150))
     retry = RetryPolicy(
-        base_s=_number(env, "FORWARDER_RETRY_BASE_S", 0.5),
-        max_delay_s=_number(env, "FORWARDER_RETRY_MAX_DELAY_S", 60.0),
-        max_age_s=_number(env, "FORWARDER_RETRY_MAX_AGE_S", 24 * 3600.0),
+        base_s=env.positive("FORWARDER_RETRY_BASE_S", 0.5),
+        max_delay_s=env.positive("FORWARDER_RETRY_MAX_DELAY_S", 60.0),
+        max_age_s=env.positive("FORWARDER_RETRY_MAX_AGE_S", 24 * 3600.0),
     )
-    delivery_switch = env.get("FORWARDER_DELIVERY", "on").lower()
-    if delivery_switch not in ("on", "off"):
-        raise ConfigError("FORWARDER_DELIVERY must be on or off")
-    delivery = DeliveryConfig(
-        enabled=delivery_switch == "on",
-        single_threshold=_int(env, "FORWARDER_SINGLE_THRESHOLD", 20),
-        poll_interval_s=_number(env, "FORWARDER_POLL_INTERVAL_S", 0.5),
-        vault_retry_s=_number(env, "FORWARDER_VAULT_RETRY_S", 5.0),
-        instance_id=env.get("FORWARDER_INSTANCE_ID", ""),
+    return DeliveryConfig(
+        enabled=env.choice("FORWARDER_DELIVERY", "on", ("on", "off")) == "on",
+        single_threshold=env.integer("FORWARDER_SINGLE_THRESHOLD", 20, minimum=0),
+        poll_interval_s=env.positive("FORWARDER_POLL_INTERVAL_S", 0.5),
+        vault_retry_s=env.positive("FORWARDER_VAULT_RETRY_S", 5.0),
+        instance_id=env.text("FORWARDER_INSTANCE_ID"),
+        lease_ttl_s=env.positive("FORWARDER_LEASE_TTL_S", 30.0),
         retry=retry,
         rate_limits=limits,
     )
-    if not env.get("VAULT_ADDR"):
-        raise ConfigError("VAULT_ADDR is required (make run starts a local OpenBao and sets it)")
-    return ForwarderConfig(server, store, VaultConfig.from_env(env), klaviyo, delivery)
+
+
+def load_config(env: Mapping[str, str]) -> ForwarderConfig:
+    """Read the configuration; raises :class:`ConfigError` listing every bad variable."""
+    reader = Env(env)
+    server = _server_config(reader)
+    store = _store_config(reader)
+    klaviyo = _klaviyo_config(reader)
+    delivery = _delivery_config(reader)
+    vault = vault_config(reader)
+    reader.raise_problems()
+    assert vault is not None  # None only with a problem recorded
+    return ForwarderConfig(server, store, vault, klaviyo, delivery)

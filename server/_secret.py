@@ -9,12 +9,14 @@ encryption request or an ``Authorization`` header.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Final, NoReturn
 
 # `pk_` and alphanumerics: Klaviyo's keys are 37 characters by convention, but the length is
 # undocumented, so accept a plausible range rather than the one observed value.
 PRIVATE_KEY_PATTERN: Final = re.compile(r"pk_[A-Za-z0-9]{16,128}")
+_ACCOUNT_LABEL: Final = b"elido-forwarder/account/v1\0"
 
 
 class PrivateKey:
@@ -29,6 +31,18 @@ class PrivateKey:
     def fingerprint(self) -> str:
         """Identifies the key without revealing it: ``pk_…`` and its last four characters."""
         return fingerprint(self._value)
+
+    @property
+    def account(self) -> str:
+        """Which Klaviyo account the key speaks for, as far as the forwarder can tell.
+
+        Klaviyo limits requests per account, and write-only scopes cannot name the account,
+        so workspaces registered with the same key are taken to share one. This is a SHA-256
+        digest of the key under a fixed label: it groups workspaces across replicas without
+        storing the key (a key has over 90 bits of randomness, so the digest cannot be
+        reversed by guessing, the same argument as for bearer tokens).
+        """
+        return hashlib.sha256(_ACCOUNT_LABEL + self._value.encode()).hexdigest()[:32]
 
     def reveal(self) -> str:
         """The raw key. Call only to build a Vault request or an Authorization header."""

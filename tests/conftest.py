@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.klaviyo",
     "tests.support.forwarder",
     "tests.support.pki",
+    "tests.support.postgres",
 ]

@@ -16,6 +16,7 @@ from client import _config as cfg
 from client._client import AsyncForwarderClient
 from client._config import ClientConfig
 from client._exceptions import ClientError, ForwarderError
+from client.cli import _tokens
 from client.cli._commands import COMMANDS, Io
 from client.cli._exit import CliError, ExitCode, describe, exit_code_for
 from client.cli._guard import secret_in_argv
@@ -91,6 +92,12 @@ def run(
     except _ParserExit as exc:
         return exc.status
     io = Io(stdin=stdin, stdout=stdout, stderr=stderr, env=env)
+    if args.group == "tokens":  # a local file: no connection, no client configuration
+        try:
+            return _tokens.COMMANDS[args.action](args, stdout, stderr, env)
+        except CliError as exc:
+            stderr.write(f"elido-fwd: error: {exc}\n")
+            return exc.exit_code
     config: ClientConfig | None = None
     try:
         config = _config(args, env)

@@ -6,6 +6,8 @@ import argparse
 import datetime as dt
 import re
 
+from client.cli import _tokens
+
 EPILOG = """\
 configuration (flags win over the environment):
   ELIDO_FORWARDER_TARGET      host:port of the forwarder (default localhost:50051)
@@ -240,4 +242,6 @@ def build_parser(
 
     health = _leaf(commands, "health", "check the forwarder's health (grpc.health.v1)")
     health.add_argument("--service", default="", help="service name (default: the server)")
+
+    _tokens.add_parsers(commands)
     return parser

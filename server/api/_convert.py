@@ -7,6 +7,7 @@ from typing import Final
 from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.protobuf import timestamp_pb2
 
+from server.intake._batch import BatchOutcome
 from server.store._records import (
     ClickOutcome,
     ConversionOutcome,
@@ -96,3 +97,21 @@ def failed_event_message(record: FailedEventRecord) -> pb.FailedEvent:
         create_time=timestamp(record.created_at),
         fail_time=timestamp(record.failed_at),
     )
+
+
+def stream_clicks_response(
+    request: pb.StreamClicksRequest, outcome: BatchOutcome
+) -> pb.StreamClicksResponse:
+    """The ack of a batch: its id and one result per click, in order."""
+    response = pb.StreamClicksResponse(batch_id=request.batch_id)
+    results = response.results
+    violations = outcome.violations
+    for i, (click, disposition) in enumerate(zip(request.clicks, outcome.outcomes, strict=True)):
+        result = results.add(click_id=click.click_id)
+        if disposition is not None:
+            result.disposition = CLICK_DISPOSITION[disposition]
+            continue
+        result.disposition = pb.CLICK_DISPOSITION_REJECTED
+        for v in violations[i]:
+            result.field_violations.add(field=v.field, description=v.description)
+    return response

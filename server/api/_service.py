@@ -13,6 +13,7 @@ import structlog
 from elido.forwarder.v1 import forwarder_pb2 as pb
 from elido.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
 
+from server import _tracing as tracing
 from server._errors import (
     ApiError,
     Reason,
@@ -31,8 +32,9 @@ from server.api._convert import (
     CONVERSION_DISPOSITION,
     failed_event_message,
     integration_message,
+    stream_clicks_response,
 )
-from server.intake._batch import BatchResult, validate_batch
+from server.intake._batch import BatchOutcome, validate_batch
 from server.intake._coalescer import Coalescer
 from server.intake._validation import validate_click, validate_conversion
 from server.intake._workers import IntakeWorkers
@@ -142,6 +144,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
                         encrypted.ciphertext,
                         key.fingerprint,
                         encrypted.key_version,
+                        key.account,
                         settings,
                         time.time(),
                     )
@@ -276,6 +279,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         if isinstance(click, list):
             raise invalid_argument(click, "click")
         outcome = await self._clicks.take(click)
+        tracing.remember(request.click.click_id)
         INTAKE.labels("click", outcome.value).inc()
         if outcome is ClickOutcome.QUEUED:
             self._wakeup.notify()
@@ -285,8 +289,8 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         return await self._store.take_clicks(clicks, time.time())
 
     def _start_batch(
-        self, request: pb.StreamClicksRequest, previous_id: int, lane: int
-    ) -> asyncio.Future[BatchResult]:
+        self, request: pb.StreamClicksRequest, previous_id: int, lane: int, order: asyncio.Lock
+    ) -> asyncio.Future[BatchOutcome]:
         problems: list[Violation] = []
         if request.batch_id == 0:
             problems.append(Violation("batch_id", "required (nonzero)"))
@@ -302,37 +306,52 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             raise invalid_argument(problems, "batch")
         if self._workers is not None:
             return asyncio.ensure_future(self._workers.take(request, time.time(), lane))
-        return asyncio.ensure_future(self._take_batch(request, time.time()))
+        return asyncio.ensure_future(self._take_batch(request, time.time(), order))
 
-    async def _take_batch(self, request: pb.StreamClicksRequest, now: float) -> BatchResult:
+    async def _take_batch(
+        self, request: pb.StreamClicksRequest, now: float, order: asyncio.Lock
+    ) -> BatchOutcome:
         batch = validate_batch(request, self._store.settings_for, now)
-        outcomes = await self._store.take_clicks(batch.valid, now) if batch.valid else []
+        # A stream's batches commit in the order sent (the lock is fair): of two clicks with
+        # one id, the first sent is the one queued, on any backend.
+        async with order:
+            outcomes = await self._store.take_clicks(batch.valid, now) if batch.valid else []
         return batch.finish(outcomes)
 
-    async def _finish_batch(self, taken: asyncio.Future[BatchResult]) -> pb.StreamClicksResponse:
+    async def _finish_batch(
+        self, request: pb.StreamClicksRequest, taken: asyncio.Future[BatchOutcome]
+    ) -> pb.StreamClicksResponse:
         result = await taken
-        if result.tally.get(ClickOutcome.QUEUED.value):
+        tally = result.tally()
+        if tally.get(ClickOutcome.QUEUED.value):
             self._wakeup.notify()
-        for disposition, n in result.tally.items():
+        for disposition, n in tally.items():
             INTAKE.labels("click", disposition).inc(n)
-        return pb.StreamClicksResponse.FromString(result.response)
+        return stream_clicks_response(request, result)
 
     async def StreamClicks(
         self, request_iterator: AsyncIterator[pb.StreamClicksRequest], context: Context
     ) -> AsyncIterator[pb.StreamClicksResponse]:
-        pending: asyncio.Queue[asyncio.Future[BatchResult] | ApiError | None] = asyncio.Queue(
-            STREAM_PIPELINE_DEPTH
-        )
+        pending: asyncio.Queue[
+            tuple[pb.StreamClicksRequest, asyncio.Future[BatchOutcome]] | ApiError | None
+        ] = asyncio.Queue(STREAM_PIPELINE_DEPTH)
 
         lane = self._workers.lane() if self._workers is not None else 0
+        order = asyncio.Lock()
 
         async def read() -> None:
             previous = 0
             try:
                 async for request in request_iterator:
-                    batch = self._start_batch(request, previous, lane)
+                    batch = self._start_batch(request, previous, lane, order)
+                    tracing.trace_batch(
+                        request.batch_id,
+                        (click.click_id for click in request.clicks),
+                        request.trace_context,
+                        batch,
+                    )
                     previous = request.batch_id
-                    await pending.put(batch)
+                    await pending.put((request, batch))
             except ApiError as error:
                 await pending.put(error)
                 return
@@ -349,7 +368,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
                 if isinstance(item, ApiError):
                     await abort(context, item)
                 try:
-                    response = await self._finish_batch(item)
+                    response = await self._finish_batch(*item)
                 except StoreError as exc:
                     # Not acked: the sender keeps the batch and resends it (ids are idempotent).
                     _log.error("store unavailable", error=str(exc))
@@ -370,6 +389,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         if isinstance(conversion, list):
             raise invalid_argument(conversion, "conversion")
         outcome = await self._store.take_conversion(conversion, time.time())
+        tracing.remember(request.conversion.conversion_id)
         INTAKE.labels("conversion", outcome.value).inc()
         if outcome is ConversionOutcome.QUEUED:
             self._wakeup.notify()

@@ -31,6 +31,7 @@ from typing import Any, Final
 import httpx
 import structlog
 
+from server import _tracing as tracing
 from server._secret import PrivateKey
 
 log = structlog.get_logger(__name__)
@@ -140,7 +141,9 @@ class KlaviyoClient:
         ``profiles:read`` (the scopes we ask for). So: KEY_REJECTED only for 401; a 403 or a
         200 means the key exists and is reported as ACCEPTED.
         """
-        result = await self._send("GET", PROFILES_PATH, key, None)
+        result = await tracing.klaviyo_request(
+            "GET", PROFILES_PATH, None, self._send("GET", PROFILES_PATH, key, None)
+        )
         if result.status_code in (200, 403):
             return KlaviyoResult(
                 Outcome.ACCEPTED, result.status_code, None, "key is valid", result.rate_limit
@@ -153,7 +156,9 @@ class KlaviyoClient:
 
     async def _post(self, path: str, key: PrivateKey, body: Mapping[str, Any]) -> KlaviyoResult:
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        return await self._send("POST", path, key, content)
+        return await tracing.klaviyo_request(
+            "POST", path, body, self._send("POST", path, key, content)
+        )
 
     async def _send(
         self, method: str, path: str, key: PrivateKey, content: bytes | None

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from server.store._records import IntegrationSettings, OutboxEvent
+from server.delivery._properties import event_properties
+from server.store._records import Identifiers, IntegrationSettings, OutboxEvent
 
 MAX_BULK_EVENTS: Final = 1000
 MAX_BULK_BYTES: Final = 5_000_000
@@ -36,6 +37,20 @@ _JOB_ENVELOPE_BYTES: Final = 128
 def format_time(occurred_at: float) -> str:
     """POSIX seconds as ISO-8601 UTC truncated to the second: ``2026-11-27T10:00:00+00:00``."""
     return datetime.fromtimestamp(int(occurred_at // 1), UTC).isoformat()
+
+
+def profile_attributes(identifiers: Identifiers) -> dict[str, str]:
+    """The Klaviyo profile attributes (`email`, `phone_number`, `external_id`, `_kx`)."""
+    attributes: dict[str, str] = {}
+    if identifiers.email:
+        attributes["email"] = identifiers.email
+    if identifiers.phone_number:
+        attributes["phone_number"] = identifiers.phone_number
+    if identifiers.external_id:
+        attributes["external_id"] = identifiers.external_id
+    if identifiers.kx:
+        attributes["_kx"] = identifiers.kx
+    return attributes
 
 
 def is_backfill(event: OutboxEvent, settings: IntegrationSettings, now: float) -> bool:
@@ -150,7 +165,7 @@ def _event_attributes(
     event: OutboxEvent, settings: IntegrationSettings, now: float
 ) -> dict[str, Any]:
     attributes: dict[str, Any] = {
-        "properties": dict(event.properties),
+        "properties": dict(event_properties(event, settings)),
         "metric": {
             "data": {"type": "metric", "attributes": {"name": settings.metric_name(event.kind)}}
         },
@@ -171,11 +186,11 @@ def _bulk_entry(event: OutboxEvent, settings: IntegrationSettings, now: float) -
 
 
 def _profile(event: OutboxEvent) -> dict[str, Any]:
-    return {"data": {"type": "profile", "attributes": event.identifiers.to_profile_attributes()}}
+    return {"data": {"type": "profile", "attributes": profile_attributes(event.identifiers)}}
 
 
 def _profile_key(event: OutboxEvent) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(event.identifiers.to_profile_attributes().items()))
+    return tuple(sorted(profile_attributes(event.identifiers).items()))
 
 
 def _dedupe_keys(
@@ -186,7 +201,7 @@ def _dedupe_keys(
     metric = settings.metric_name(event.kind)
     return [
         (name, value, metric, event.source_id)
-        for name, value in event.identifiers.to_profile_attributes().items()
+        for name, value in profile_attributes(event.identifiers).items()
     ]
 
 

@@ -23,14 +23,16 @@ key) that our windows cannot see.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 import structlog
 
+from server._metrics import RATELIMIT_BLOCKS, RATELIMIT_WAIT
 from server.delivery._klaviyo import Endpoint, KlaviyoResult, Outcome
 
 log = structlog.get_logger(__name__)
@@ -119,7 +121,8 @@ class AccountRateLimiter:
         """Waits until a request to ``endpoint`` is allowed, then reserves it."""
         # ASYNC110 wants an Event, but the wait is for the clock (a window sliding), which no
         # one could set; a sleep of exactly the computed delay is the right primitive.
-        while (wait := self.delay(endpoint)) > 0:  # noqa: ASYNC110
+        while (wait := self.delay(endpoint)) > 0:
+            RATELIMIT_WAIT.labels(str(endpoint)).inc(wait)
             await asyncio.sleep(wait)
         # No await between the last delay() and reserve(): concurrent acquirers cannot both
         # take the last slot.
@@ -148,6 +151,42 @@ class AccountRateLimiter:
         if headers is not None and headers.remaining == 0 and headers.reset_s:
             self._block(endpoint, state, now, headers.reset_s, "steady window exhausted")
 
+    def usage(self) -> dict[str, list[float]]:
+        """Per endpoint, how many seconds ago each request of the steady window was counted.
+
+        Unanswered requests count as now. Recorded with the delivery lease, so that whoever
+        holds the account next starts from it (see :meth:`take_over`).
+        """
+        now = self._clock()
+        ages: dict[str, list[float]] = {}
+        for endpoint in Endpoint:
+            state = self._prune(endpoint, now)
+            ages[endpoint.value] = [round(now - t, 3) for t in state.answered] + [0.0] * len(
+                state.pending
+            )
+        return ages
+
+    def take_over(
+        self, usage: Mapping[str, Sequence[float]], usage_age_s: float, sending_until_s: float
+    ) -> None:
+        """Count a previous holder's requests as this limiter's own.
+
+        ``usage`` is that holder's :meth:`usage`, recorded ``usage_age_s`` ago; after that it
+        may have gone on sending until ``sending_until_s`` from now (<= 0), unseen. Those
+        unseen requests are counted as many as the limits allowed it, and all at the last
+        moment it could have sent them (the latest counts longest in a window), so that
+        together the two holders stay within the account's limits.
+        """
+        now = self._clock()
+        recorded_at = now - max(0.0, usage_age_s)
+        for endpoint in Endpoint:
+            state = self._states[endpoint]
+            times = sorted(recorded_at - age for age in usage.get(endpoint.value, ()))
+            until = now + min(0.0, sending_until_s)
+            unseen = _most_allowed(times, recorded_at, until, state.window)
+            merged = sorted([*times, *[until] * unseen, *state.answered])
+            state.answered = deque(t for t in merged if t > now - STEADY_WINDOW_S)
+
     def in_flight(self, endpoint: Endpoint) -> int:
         """Requests reserved and not yet observed."""
         return len(self._states[endpoint].pending)
@@ -157,6 +196,7 @@ class AccountRateLimiter:
     ) -> None:
         wait = min(max(0.0, wait), self._config.max_block_s)
         if now + wait > state.blocked_until:
+            RATELIMIT_BLOCKS.labels(str(endpoint), why.replace(" ", "_")).inc()
             state.blocked_until = now + wait
             log.info(
                 "klaviyo.rate_limit.blocked",
@@ -208,3 +248,25 @@ class AccountRateLimiter:
         # The window has room once the `excess` oldest answered requests inside it leave it.
         oldest_inside = len(answered) - inside
         return answered[oldest_inside + excess - 1] + span - now
+
+
+def _most_allowed(times: list[float], start: float, end: float, window: RateWindow) -> int:
+    """How many more requests than ``times`` (sorted) the limits allowed in [start, end]."""
+    result = list(times)
+    if window.burst_per_s < 1 or window.steady_per_min < 1:
+        return 0
+    t = start
+    while t <= end:
+        in_burst = len(result) - bisect.bisect_right(result, t - BURST_WINDOW_S)
+        in_steady = len(result) - bisect.bisect_right(result, t - STEADY_WINDOW_S)
+        if in_burst < window.burst_per_s and in_steady < window.steady_per_min:
+            bisect.insort(result, t)
+            continue
+        # The next moment a slot frees: when the oldest request of a full window leaves it.
+        next_t = t
+        if in_burst >= window.burst_per_s:
+            next_t = max(next_t, result[-window.burst_per_s] + BURST_WINDOW_S)
+        if in_steady >= window.steady_per_min:
+            next_t = max(next_t, result[-window.steady_per_min] + STEADY_WINDOW_S)
+        t = next_t + 1e-6
+    return len(result) - len(times)

@@ -1,7 +1,8 @@
-"""One StreamClicks batch: validate every click, then fill in the store's outcomes.
+"""One StreamClicks batch: validate every click, then record the store's outcomes.
 
 Used by the in-process path and by the intake worker processes, so a batch gets the same
-answer wherever it is committed.
+answer wherever it is committed. It returns outcomes, not messages: the API layer builds the
+response.
 """
 
 from __future__ import annotations
@@ -12,57 +13,59 @@ from dataclasses import dataclass, field
 
 from elido.forwarder.v1 import forwarder_pb2 as pb
 
-from server.api._convert import CLICK_DISPOSITION
+from server._errors import Violation
 from server.intake._validation import SettingsLookup, validate_click
 from server.store._records import ClickOutcome, NewClick
 
 
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """What became of a batch."""
+@dataclass(slots=True)
+class BatchOutcome:
+    """What became of each click of a batch, in batch order.
 
-    # The serialized StreamClicksResponse: the batch id and one result per click, in order.
-    response: bytes
-    # Clicks per disposition (for the intake metric), e.g. {"queued": 498, "rejected": 2}.
-    tally: dict[str, int] = field(default_factory=dict)
+    ``outcomes[i]`` is the store's outcome of click ``i``, or None when it was rejected, in
+    which case ``violations[i]`` says why.
+    """
+
+    outcomes: list[ClickOutcome | None]
+    violations: dict[int, list[Violation]] = field(default_factory=dict)
+
+    def tally(self) -> Counter[str]:
+        """Clicks per disposition (for the intake metric), e.g. {"queued": 498, "rejected": 2}."""
+        counts = Counter(o.value for o in self.outcomes if o is not None)
+        if self.violations:
+            counts["rejected"] = len(self.violations)
+        return counts
 
 
 @dataclass(slots=True)
 class ValidatedBatch:
-    """A batch after validation: the response so far and the clicks to commit."""
+    """A batch after validation: the clicks to commit and what is known so far."""
 
-    response: pb.StreamClicksResponse
+    outcome: BatchOutcome
     valid: list[NewClick]
-    # Position in the batch (and so in ``response.results``) of each valid click.
+    # Position in the batch of each valid click.
     slots: list[int]
-    tally: Counter[str]
 
-    def finish(self, outcomes: Sequence[ClickOutcome]) -> BatchResult:
-        """Fill in the store's outcome of every committed click."""
-        results = self.response.results
+    def finish(self, outcomes: Sequence[ClickOutcome]) -> BatchOutcome:
+        """Record the store's outcome of every committed click."""
+        results = self.outcome.outcomes
         for slot, outcome in zip(self.slots, outcomes, strict=True):
-            results[slot].disposition = CLICK_DISPOSITION[outcome]
-            self.tally[outcome.value] += 1
-        return BatchResult(self.response.SerializeToString(), dict(self.tally))
+            results[slot] = outcome
+        return self.outcome
 
 
 def validate_batch(
     request: pb.StreamClicksRequest, settings_for: SettingsLookup, now: float
 ) -> ValidatedBatch:
-    """Validate every click; invalid ones are answered REJECTED with their violations."""
-    response = pb.StreamClicksResponse(batch_id=request.batch_id)
-    tally: Counter[str] = Counter()
+    """Validate every click; invalid ones are rejected with their violations."""
+    outcome = BatchOutcome([None] * len(request.clicks))
     valid: list[NewClick] = []
     slots: list[int] = []
     for i, click in enumerate(request.clicks):
         checked = validate_click(click, f"clicks[{i}]", settings_for, now)
-        result = response.results.add(click_id=click.click_id)
         if isinstance(checked, list):
-            result.disposition = pb.CLICK_DISPOSITION_REJECTED
-            for v in checked:
-                result.field_violations.add(field=v.field, description=v.description)
-            tally["rejected"] += 1
+            outcome.violations[i] = checked
         else:
             valid.append(checked)
             slots.append(i)
-    return ValidatedBatch(response, valid, slots, tally)
+    return ValidatedBatch(outcome, valid, slots)

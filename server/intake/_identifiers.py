@@ -8,16 +8,17 @@ Values from a URL are untrusted: an invalid one is ignored, never an error.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
-from elido_common.syntax import email_from_parameter, kx_from_parameter
+from elido_common.syntax import (
+    MAX_UTM_VALUE,
+    UTM_KEY_PATTERN,
+    email_from_parameter,
+    kx_from_parameter,
+)
 from server.store._records import Identifiers
-
-UTM_KEY_PATTERN: Final = re.compile(r"utm_[a-z0-9_]{1,40}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,10 @@ def facts_from_url(url: str, email_parameters: Iterable[str]) -> UrlFacts:
             continue
         if key == "_kx" and not kx:
             kx = kx_from_parameter(value)
-        if key.startswith("utm_") and UTM_KEY_PATTERN.fullmatch(key) and len(value) <= 1024:
+        if (
+            key.startswith("utm_")
+            and UTM_KEY_PATTERN.fullmatch(key)
+            and len(value) <= MAX_UTM_VALUE
+        ):
             utm.setdefault(key, value)
     return UrlFacts(Identifiers(email=email, kx=kx), utm)

@@ -32,12 +32,13 @@ from elido_common.syntax import (
     EVENT_ID,
     KX_PATTERN,
     MAX_EXTERNAL_ID,
+    UTM_KEY_PATTERN,
     WORKSPACE_ID,
     is_email,
     normalize_email,
 )
 from server._errors import Violation
-from server.intake._identifiers import UTM_KEY_PATTERN, facts_from_url
+from server.intake._identifiers import facts_from_url
 from server.intake._phones import normalize_phone, phone_problem
 from server.store._records import Identifiers, IntegrationSettings, NewClick, NewConversion
 

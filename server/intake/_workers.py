@@ -3,14 +3,12 @@
 One CPython process runs Python on one core at a time, and per click the validation and the
 store's bookkeeping cost far more than gRPC does. So the server hands each StreamClicks batch
 — still serialized — to a small pool of worker processes. A worker parses it, validates every
-click, commits the valid ones in one transaction on its own connection to the SQLite file
-(SQLite serialises the writers), and returns the serialized acknowledgement. The main process
-sends that ack only after the worker returned, i.e. after the commit: invariant 2 holds as
-in-process.
+click, commits the valid ones in one transaction through the store's click writer (its own
+connection) and returns the outcomes. The main process acks only after the worker returned,
+i.e. after the commit: invariant 2 holds as in-process.
 
-A worker caches the integrations' settings and re-reads them when the store's
-``integrations_version`` moved, checked inside the very transaction that decides whether a
-click has an integration, so a click never lands for a removed integration.
+Whether a click has an integration is decided inside the commit's transaction (by the
+store), so a worker never queues a click for an integration removed by any process.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import sqlite3
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -28,66 +25,29 @@ from typing import Final
 import structlog
 from elido.forwarder.v1 import forwarder_pb2 as pb
 
-from server.intake._batch import BatchResult, validate_batch
-from server.store import SqliteConfig, StoreError
-from server.store._records import ClickOutcome, IntegrationSettings, NewClick
-from server.store._sqlite import (
-    WriteLock,
-    connect,
-    insert_clicks,
-    integrations_version,
-    load_settings,
-)
+from server.intake._batch import BatchOutcome, validate_batch
+from server.store import ClickWriter, StoreConfig, StoreError, open_click_writer
 
 _log = structlog.get_logger(__name__)
 
 
 class _Worker:
-    """A worker process's connection and settings cache."""
+    """A worker process's click writer."""
 
-    def __init__(self, config: SqliteConfig) -> None:
-        self.config = config
-        self.conn = connect(config)
-        self.write_lock = WriteLock(config.path)
-        self.version = -1
-        self.settings: dict[str, IntegrationSettings] = {}
-        self.refresh()
+    def __init__(self, config: StoreConfig) -> None:
+        self.writer: ClickWriter = open_click_writer(config)
 
-    def refresh(self) -> None:
-        version = integrations_version(self.conn)
-        if version != self.version:
-            self.settings = load_settings(self.conn)
-            self.version = version
-
-    def take(self, raw: bytes, now: float) -> BatchResult:
+    def take(self, raw: bytes, now: float) -> BatchOutcome:
         request = pb.StreamClicksRequest.FromString(raw)
-        self.refresh()  # outside the write lock: fresh enough to read email parameters
-        batch = validate_batch(request, self.settings.get, now)
-        return batch.finish(self._commit(batch.valid, now) if batch.valid else [])
-
-    def _commit(self, clicks: list[NewClick], now: float) -> list[ClickOutcome]:
-        expires = now + self.config.attribution_window_s
-        try:
-            with self.write_lock:
-                self.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self.refresh()  # under the write lock: decides "no integration" exactly
-                    outcomes = insert_clicks(self.conn, clicks, self.settings, now, expires)
-                    self.conn.execute("COMMIT")
-                except BaseException:
-                    if self.conn.in_transaction:
-                        self.conn.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"intake worker could not commit: {exc}") from None
-        return outcomes
+        batch = validate_batch(request, self.writer.settings_for, now)
+        return batch.finish(self.writer.take_clicks(batch.valid, now) if batch.valid else [])
 
 
 _worker: _Worker | None = None
 _PARENT_CHECK_S: Final = 0.5
 
 
-def _init(config: SqliteConfig) -> None:
+def _init(config: StoreConfig) -> None:
     global _worker  # one per worker process, set by the pool's initializer
     _worker = _Worker(config)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -102,7 +62,7 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _take(raw: bytes, now: float) -> BatchResult:
+def _take(raw: bytes, now: float) -> BatchOutcome:
     if _worker is None:  # pragma: no cover - the initializer always runs first
         raise StoreError("intake worker not initialised")
     return _worker.take(raw, now)
@@ -121,7 +81,7 @@ class IntakeWorkers:
     different streams run in parallel on different workers.
     """
 
-    def __init__(self, config: SqliteConfig, processes: int) -> None:
+    def __init__(self, config: StoreConfig, processes: int) -> None:
         self._config = config
         self._pools: list[ProcessPoolExecutor] = []
         self._processes = processes
@@ -148,7 +108,7 @@ class IntakeWorkers:
         self._next_lane = (self._next_lane + 1) % max(1, len(self._pools))
         return self._next_lane
 
-    async def take(self, request: pb.StreamClicksRequest, now: float, lane: int) -> BatchResult:
+    async def take(self, request: pb.StreamClicksRequest, now: float, lane: int) -> BatchOutcome:
         """Validate and commit one batch on worker ``lane``; raises StoreError if it could not."""
         if not self._pools:
             raise StoreError("intake workers are not running")

@@ -1,31 +1,55 @@
-"""The store interface: what the API and the delivery engine need from persistence.
+"""The store interface: what the API, intake and the delivery engine need from persistence.
 
-SQLite (:mod:`server.store._sqlite`) implements it for a single replica; a PostgreSQL
-implementation can follow for several replicas. Every method is one transaction. Intake
-methods return only after their transaction is durably committed: that is what makes an ack
-mean "never lost".
+Two backends implement it: SQLite (:mod:`server.store.sqlite`, the embedded default, one host)
+and PostgreSQL (:mod:`server.store.postgres`, any number of replicas). Nothing outside
+``server/store/`` knows which one runs. Every method is one transaction. Intake methods
+return only after their transaction is durably committed: that is what makes an ack mean
+"never lost".
+
+Every replica sees every other's committed writes: a workspace registered through one
+replica has its clicks queued by all, and once its removal has returned, no replica queues
+its clicks any more (intake reads the batch's integrations inside its own transaction).
+
+Delivery writes are **fenced**: each names the :class:`Lease` it was made under, and the
+store refuses it (:class:`LeaseLost`) once that lease has changed hands. Lease times are the
+database's clock, never a replica's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from server.store._records import (
     ClickOutcome,
     ConversionOutcome,
     DeliveryCounters,
+    DueWorkspace,
     FailedEventRecord,
     IntegrationRecord,
     IntegrationSettings,
+    Lease,
     NewClick,
     NewConversion,
     OutboxEvent,
 )
 
 
+class ClickWriter(Protocol):
+    """Commits click batches from another process (the intake workers); synchronous."""
+
+    def settings_for(self, workspace_id: str) -> IntegrationSettings | None:
+        """Last known settings of the workspace (a hint for extracting identifiers)."""
+
+    def take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
+        """Index and queue the clicks in one durable transaction; one outcome per click."""
+
+    def close(self) -> None:
+        """Disconnect."""
+
+
 class Store(Protocol):
-    """Persistence for integrations, the outbox and the click index."""
+    """Persistence for integrations, the outbox, the click index and leases."""
 
     async def open(self) -> None:
         """Connect and apply pending schema migrations."""
@@ -33,9 +57,17 @@ class Store(Protocol):
     async def close(self) -> None:
         """Finish pending work and disconnect."""
 
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever any replica queued events (where the backend can tell)."""
+
     # -- integrations ------------------------------------------------------------------
     def settings_for(self, workspace_id: str) -> IntegrationSettings | None:
-        """The workspace's settings if it has an integration (from memory; no I/O)."""
+        """Last known settings of the workspace, from memory (no I/O).
+
+        A hint for extracting identifiers from a click's URL before it is committed; it is
+        refreshed by every intake transaction. Whether a click has an integration is decided
+        in the transaction, never from this.
+        """
 
     async def upsert_integration(
         self,
@@ -43,6 +75,7 @@ class Store(Protocol):
         ciphertext: str,
         key_fingerprint: str,
         key_version: int,
+        account: str,
         settings: IntegrationSettings,
         now: float,
     ) -> tuple[IntegrationRecord, bool]:
@@ -65,8 +98,8 @@ class Store(Protocol):
     ) -> bool:
         """Compare-and-set the ciphertext (rewrap); False if it changed meanwhile."""
 
-    async def reject_key(self, workspace_id: str, ciphertext: str, reason: str, now: float) -> bool:
-        """Mark the key rejected, unless the ciphertext changed (a new key came meanwhile)."""
+    async def set_account(self, workspace_id: str, ciphertext: str, account: str) -> None:
+        """Record the key's account, unless the ciphertext changed meanwhile."""
 
     async def delivery_counters(self, workspace_id: str) -> DeliveryCounters:
         """Counts and the last outcome for one workspace."""
@@ -78,24 +111,38 @@ class Store(Protocol):
     async def take_conversion(self, conversion: NewConversion, now: float) -> ConversionOutcome:
         """Resolve the profile from the click index and queue the conversion."""
 
-    # -- delivery ------------------------------------------------------------------------
-    async def acquire_lease(self, workspace_id: str, owner: str, ttl_s: float, now: float) -> bool:
-        """Take or renew the delivery lease of a workspace; False if another owner holds it."""
+    # -- leases --------------------------------------------------------------------------
+    async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> Lease | None:
+        """Take the lease ``name`` if it is free, expired or already ``owner``'s; else None.
 
-    async def release_lease(self, workspace_id: str, owner: str) -> None:
-        """Give the lease up."""
+        Every acquisition gets a new fencing token, so an earlier holder (another replica,
+        or this one before a restart) is fenced out. The lease carries the previous holder's
+        last usage record (:class:`LeaseHandover`) when there was one.
+        """
 
-    async def workspaces_with_due_events(self, now: float) -> list[str]:
-        """Active integrations that have events due for delivery."""
+    async def renew_lease(self, lease: Lease, usage: str = "") -> Lease | None:
+        """Extend the lease by its TTL from now and record ``usage``; None if it changed
+        hands meanwhile."""
+
+    async def release_lease(self, lease: Lease, usage: str = "") -> None:
+        """Give the lease up (if still held) with a last usage record, so another replica
+        can take it at once."""
+
+    # -- delivery (fenced) ---------------------------------------------------------------
+    async def workspaces_with_due_events(self, now: float) -> list[DueWorkspace]:
+        """Active integrations that have events due for delivery, with their accounts."""
 
     async def due_events(self, workspace_id: str, now: float, limit: int) -> list[OutboxEvent]:
         """Queued events due now, oldest first."""
 
-    async def mark_delivered(self, workspace_id: str, event_ids: Sequence[int], now: float) -> None:
+    async def mark_delivered(
+        self, lease: Lease, workspace_id: str, event_ids: Sequence[int], now: float
+    ) -> None:
         """Remove delivered events from the outbox and count them."""
 
     async def mark_retry(
         self,
+        lease: Lease,
         workspace_id: str,
         event_ids: Sequence[int],
         next_attempt_at: float,
@@ -106,10 +153,16 @@ class Store(Protocol):
         """Schedule another attempt."""
 
     async def mark_failed(
-        self, workspace_id: str, event_ids: Sequence[int], error: str, now: float
+        self, lease: Lease, workspace_id: str, event_ids: Sequence[int], error: str, now: float
     ) -> None:
         """Keep the events as failed (replayable)."""
 
+    async def reject_key(
+        self, lease: Lease, workspace_id: str, ciphertext: str, reason: str, now: float
+    ) -> bool:
+        """Mark the key rejected, unless the ciphertext changed (a new key came meanwhile)."""
+
+    # -- failed events -------------------------------------------------------------------
     async def list_failed(
         self, workspace_id: str, after_event_id: int, limit: int
     ) -> list[FailedEventRecord]:

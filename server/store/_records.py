@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 DEFAULT_CLICK_METRIC = "Elido Link Clicked"
 DEFAULT_CONVERSION_METRIC = "Elido Conversion"
@@ -72,19 +72,6 @@ class Identifiers:
             kx=self.kx or fallback.kx,
         )
 
-    def to_profile_attributes(self) -> dict[str, str]:
-        """The Klaviyo profile attributes (`email`, `phone_number`, `external_id`, `_kx`)."""
-        attributes: dict[str, str] = {}
-        if self.email:
-            attributes["email"] = self.email
-        if self.phone_number:
-            attributes["phone_number"] = self.phone_number
-        if self.external_id:
-            attributes["external_id"] = self.external_id
-        if self.kx:
-            attributes["_kx"] = self.kx
-        return attributes
-
 
 @dataclass(frozen=True, slots=True)
 class IntegrationSettings:
@@ -115,6 +102,9 @@ class IntegrationRecord:
     state_reason: str
     created_at: float
     updated_at: float
+    # The Klaviyo account the key speaks for (``PrivateKey.account``): workspaces with the
+    # same account share one delivery lease and one rate limiter. Empty until known.
+    account: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +130,8 @@ class NewClick:
     click_id: str
     click_time: float
     identifiers: Identifiers
-    # The click as received (serialized ``elido.forwarder.v1.Click``). Its Klaviyo properties
-    # are derived at delivery time, off the intake hot path, by a PayloadDecoder.
+    # The click as received (serialized ``elido.forwarder.v1.Click``, unknown fields dropped).
+    # Its Klaviyo properties are derived at delivery time, off the intake hot path.
     payload: bytes = b""
 
 
@@ -160,15 +150,6 @@ class NewConversion:
     properties: Mapping[str, Any] = field(default_factory=dict)
 
 
-class PayloadDecoder(Protocol):
-    """Turns a stored event payload into the Klaviyo event properties."""
-
-    def __call__(
-        self, kind: EventKind, payload: bytes, settings: IntegrationSettings
-    ) -> Mapping[str, Any]:
-        """The properties of an event of ``kind`` stored as ``payload``."""
-
-
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
     """An event waiting for delivery, as the delivery engine reads it."""
@@ -181,7 +162,9 @@ class OutboxEvent:
     occurred_at: float
     created_at: float
     identifiers: Identifiers
-    properties: Mapping[str, Any]
+    # As intake stored it: a click's serialized ``Click`` (unknown fields dropped), a
+    # conversion's properties as JSON. Delivery turns it into Klaviyo properties.
+    payload: bytes
     value: float | None
     currency: str
     attempts: int
@@ -199,3 +182,47 @@ class FailedEventRecord:
     last_error: str
     created_at: float
     failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHandover:
+    """What the previous holder of a lease left for the next: a usage record, and its age.
+
+    The store keeps ``usage`` opaque (the delivery engine records the Klaviyo requests of
+    the last minute in it, so the next holder's rate limiter starts where the previous
+    one's stopped). Times are on the database's clock, relative to the acquisition.
+    """
+
+    usage: str
+    # How long before the acquisition the usage was recorded.
+    usage_age_s: float
+    # How long after the acquisition the previous holder's lease would have run (<= 0 when
+    # it had lapsed or was released): until then it may still have been sending.
+    valid_for_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A held delivery lease: who holds which name, until when (on the database's clock).
+
+    ``token`` grows by one every time the lease changes hands; every delivery write names the
+    lease it was made under, and the store refuses it unless that lease is still held
+    (fencing): a replica that was paused past its lease can no longer mark events.
+    """
+
+    name: str
+    owner: str
+    token: int
+    expires_at: float
+    # How long the lease was granted for, in seconds (the holder renews well before).
+    ttl_s: float
+    # Set on acquisition when the lease had a holder before.
+    handover: LeaseHandover | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DueWorkspace:
+    """A workspace with events due for delivery, and the account its key speaks for."""
+
+    workspace_id: str
+    account: str

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import hvac
@@ -36,6 +37,10 @@ _MAX_ERROR_TEXT: Final = 300
 # Renew once this share of the current TTL has passed.
 _RENEW_AT_SHARE: Final = 2 / 3
 _IDLE_RECHECK_S: Final = 300.0
+# `check` probes decrypt permission with this (valid, made-up) workspace id and a ciphertext
+# that cannot be one.
+CHECK_WORKSPACE_ID: Final = "elido-forwarder-check"
+_PROBE_CIPHERTEXT: Final = "vault:v1:" + base64.b64encode(b"not a ciphertext").decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +246,42 @@ class KeyVault:
             return False
         return True
 
+    async def check(self) -> list[str]:
+        """Problems that would stop the forwarder using Vault; empty if none. For ``check``.
+
+        Logs in (or looks up the static token), then asks Vault to decrypt a malformed
+        ciphertext with a probe key name under the prefix: a token allowed to decrypt gets
+        "400 invalid request" (no such key, or not a ciphertext), one that is not gets 403.
+        Nothing is created, changed or decrypted.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyvault")
+        try:
+            await self._authenticate()
+        except VaultError as exc:
+            return [f"VAULT_ADDR: cannot log in to {self._config.addr}: {exc}"]
+        name = self._config.key_name(CHECK_WORKSPACE_ID)
+        try:
+            await self._run(
+                "decrypt",
+                None,
+                lambda: self._client.secrets.transit.decrypt_data(
+                    name, ciphertext=_PROBE_CIPHERTEXT, mount_point=self._config.transit_mount
+                ),
+                (),
+            )
+        except KeyDestroyed:
+            pass  # allowed: Vault looked for the key or the ciphertext, which we made up
+        except VaultDenied as exc:
+            return [
+                f"VAULT_TRANSIT_MOUNT, FORWARDER_VAULT_KEY_PREFIX: this Vault identity may not"
+                f" decrypt with {self._config.transit_mount}/decrypt/{name}"
+                f" (check the policy, docs/vault-policy.hcl): {exc}"
+            ]
+        except VaultError as exc:
+            return [f"VAULT_ADDR: transit decrypt check failed: {exc}"]
+        return []
+
     # -- calls ------------------------------------------------------------------------------
 
     async def _call(
@@ -251,15 +292,17 @@ class KeyVault:
         *,
         secrets: Iterable[str] = (),
     ) -> T:
-        """Run ``fn`` with a valid token; one fresh AppRole login and retry after a 403."""
+        """Run ``fn`` with a valid token; one fresh login (AppRole, JWT) and retry after a 403."""
         secrets = tuple(secrets)
         await self._ensure_token()
         generation = self._token.generation
         try:
             return await self._run(op, workspace_id, fn, secrets)
         except VaultDenied:
-            if not self._config.uses_approle:
-                raise
+            if self._config.login_method is None:
+                if not await self._reread_token_file(generation):
+                    raise
+                return await self._run(op, workspace_id, fn, secrets)
             log.warning("vault.denied_relogin", op=op, workspace_id=workspace_id)
         await self._relogin(generation)
         return await self._run(op, workspace_id, fn, secrets)
@@ -318,6 +361,10 @@ class KeyVault:
         message = f"{where}: {detail}"
         if isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
             return VaultDenied(message, workspace_id=workspace_id)
+        if op.endswith("_login") and isinstance(exc, hvac.exceptions.InvalidRequest):
+            # A refused login (bad secret id, a JWT expired, for another audience or signed
+            # by an unknown key): retrying the same credentials will not help.
+            return VaultDenied(message, workspace_id=workspace_id)
         if isinstance(
             exc,
             hvac.exceptions.VaultDown
@@ -342,7 +389,8 @@ class KeyVault:
         for secret in (*secrets, *self._secrets, self._client.token or ""):
             if secret:
                 text = text.replace(secret, "[redacted]")
-        return text[:_MAX_ERROR_TEXT]
+        # Vault's multi-error text ("1 error occurred:\n\t* ...") becomes one log-friendly line.
+        return " ".join(text.split())[:_MAX_ERROR_TEXT]
 
     def _encrypted(self, ciphertext: str, op: str, workspace_id: str) -> EncryptedKey:
         try:
@@ -368,19 +416,43 @@ class KeyVault:
             # Another caller already replaced the token that was refused.
             if self._token.generation != seen_generation:
                 return
-            await self._approle_login()
+            await self._login()
+
+    async def _reread_token_file(self, seen_generation: int) -> bool:
+        """After a refusal: take the token file's current token if it changed (a Vault Agent
+        sink rotates it). True if a different token is now in use."""
+        path = self._config.token_file
+        if path is None:
+            return False
+        async with self._auth_lock:
+            if self._token.generation != seen_generation:
+                return True  # another caller already took the new token
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                log.warning(
+                    "vault.token_file_unreadable", path=str(path), error_type=type(exc).__name__
+                )
+                return False
+            if not token or token == self._client.token:
+                return False
+            self._client.token = token
+            self._secrets = (*self._secrets, token)
+            log.info("vault.token_file_changed", path=str(path))
+            await self._lookup_static_token()
+            return True
 
     async def _authenticate(self) -> None:
-        """Set up the token state: AppRole login, or look up the static token's TTL."""
+        """Set up the token state: log in (AppRole, JWT), or look up the static token's TTL."""
         if self._config.token and self._token.generation == 0:
             try:
                 await self._lookup_static_token()
                 return
             except VaultDenied:
-                if not self._config.uses_approle:
+                if self._config.login_method is None:
                     raise
-        if self._config.uses_approle:
-            await self._approle_login()
+        if self._config.login_method is not None:
+            await self._login()
 
     async def _lookup_static_token(self) -> None:
         resp = await self._run("lookup_self", None, self._client.auth.token.lookup_self, ())
@@ -389,10 +461,66 @@ class KeyVault:
         self._set_token(ttl=ttl, renewable=bool(data.get("renewable")))
         log.info("vault.token_ready", ttl_s=ttl, renewable=self._token.renewable)
 
+    async def _login(self) -> None:
+        if self._config.login_method == "jwt":
+            await self._jwt_login()
+        else:
+            await self._approle_login()
+
+    async def _jwt_login(self) -> None:
+        """Log in with the JWT auth method; the JWT file is read anew at every login, since
+        projected service-account tokens and workload identity tokens rotate."""
+        assert self._config.jwt_role is not None
+        assert self._config.jwt_file is not None
+        role, path = self._config.jwt_role, self._config.jwt_file
+        try:
+            jwt = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise VaultDenied(
+                f"Vault JWT login: cannot read VAULT_JWT_FILE {path}: {reason}"
+            ) from None
+        if not jwt:
+            raise VaultDenied(f"Vault JWT login: VAULT_JWT_FILE {path} is empty")
+        resp = await self._run(
+            "jwt_login",
+            None,
+            lambda: self._client.auth.jwt.jwt_login(
+                role, jwt, use_token=False, path=self._config.jwt_mount
+            ),
+            (jwt,),
+        )
+        self._take_login(resp, "JWT")
+
+    def _read_secret_id_file(self, path: Path) -> str | None:
+        """The file's secret id (rotated by the orchestrator); None keeps the one from start."""
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning(
+                "vault.secret_id_file_unreadable", path=str(path), error_type=type(exc).__name__
+            )
+            return None
+        if value and value not in self._secrets:
+            self._secrets = (*self._secrets, value)
+        return value or None
+
+    def _take_login(self, resp: Any, method: str) -> None:
+        auth = resp.get("auth") if isinstance(resp, dict) else None
+        token = auth.get("client_token") if isinstance(auth, dict) else None
+        if not isinstance(auth, dict) or not isinstance(token, str) or not token:
+            raise VaultError(f"Vault {method} login: answer has no token")
+        self._client.token = token
+        ttl = float(auth.get("lease_duration") or 0)
+        self._set_token(ttl=ttl, renewable=bool(auth.get("renewable")))
+        log.info(f"vault.{method.lower()}_login", ttl_s=ttl, generation=self._token.generation)
+
     async def _approle_login(self) -> None:
         assert self._config.role_id is not None
         assert self._config.secret_id is not None
         role_id, secret_id = self._config.role_id, self._config.secret_id
+        if self._config.secret_id_file is not None:
+            secret_id = self._read_secret_id_file(self._config.secret_id_file) or secret_id
         resp = await self._run(
             "approle_login",
             None,
@@ -404,14 +532,7 @@ class KeyVault:
             ),
             (secret_id,),
         )
-        auth = resp.get("auth") or {}
-        token = auth.get("client_token")
-        if not isinstance(token, str) or not token:
-            raise VaultError("Vault AppRole login: answer has no token")
-        self._client.token = token
-        ttl = float(auth.get("lease_duration") or 0)
-        self._set_token(ttl=ttl, renewable=bool(auth.get("renewable")))
-        log.info("vault.approle_login", ttl_s=ttl, generation=self._token.generation)
+        self._take_login(resp, "AppRole")
 
     def _set_token(self, *, ttl: float, renewable: bool) -> None:
         state = self._token
@@ -447,9 +568,9 @@ class KeyVault:
     async def _refresh(self) -> None:
         """Renew the token, or log in again when renewing cannot keep it alive."""
         state = self._token
-        can_relogin = self._config.uses_approle
+        can_relogin = self._config.login_method is not None
         if can_relogin and not state.renewable:
-            await self._locked_approle_login()
+            await self._locked_login()
             return
         if not state.renewable:
             log.warning("vault.token_not_renewable", ttl_s=state.ttl_s)
@@ -459,18 +580,20 @@ class KeyVault:
             capped = await self._renew()
         except VaultError:
             if not can_relogin:
+                if await self._reread_token_file(state.generation):
+                    return
                 raise
             # Refused, expired or "past the max TTL" (which OpenBao reports as a 500): a fresh
             # login either works or fails with the real reason (e.g. Vault unreachable).
-            await self._locked_approle_login()
+            await self._locked_login()
             return
         if capped and can_relogin:
             # The token is nearing its max TTL: replace it while it still works.
-            await self._locked_approle_login()
+            await self._locked_login()
 
-    async def _locked_approle_login(self) -> None:
+    async def _locked_login(self) -> None:
         async with self._auth_lock:
-            await self._approle_login()
+            await self._login()
 
     async def _maintain_token(self) -> None:
         backoff = 0.5

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.intake._coalescer import Coalescer
-from server.intake._payload import decode_payload
-from server.store import SqliteConfig, SqliteStore, StoreError
+from server.store import SqliteConfig, StoreError, open_store
 from server.store._records import ClickOutcome, Identifiers, IntegrationSettings, NewClick
 
 
@@ -20,10 +19,12 @@ def click(click_id: str, email: str = "a@example.com") -> NewClick:
 
 
 async def test_concurrent_clicks_share_commits_and_keep_their_own_outcomes(tmp_path: Path) -> None:
-    store = SqliteStore(SqliteConfig(tmp_path / "f.db"), decode_payload)
+    store = open_store(SqliteConfig(tmp_path / "f.db"))
     await store.open()
     try:
-        await store.upsert_integration("ws", "vault:v1:x", "pk_…x", 1, IntegrationSettings(), 0.0)
+        await store.upsert_integration(
+            "ws", "vault:v1:x", "pk_…x", 1, "acct", IntegrationSettings(), 0.0
+        )
         commits: list[int] = []
 
         async def take(clicks: Sequence[NewClick]) -> list[ClickOutcome]:

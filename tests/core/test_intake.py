@@ -12,8 +12,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tests.support.calls import new_key
-from tests.support.forwarder import ForwarderProcess
+from tests.support.forwarder import BACKENDS, ForwarderProcess
 from tests.support.openbao import new_workspace_id
+
+ON_EVERY_BACKEND = pytest.mark.parametrize("store_backend", BACKENDS)
 
 
 def register(fwd: ForwarderProcess, ws: str) -> None:
@@ -52,12 +54,13 @@ def details(error: grpc.RpcError) -> tuple[str, list[tuple[str, str]]]:
 
 
 def outbox_rows(fwd: ForwarderProcess) -> int:
-    with sqlite3.connect(fwd.db_path) as db:
-        return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0]) + int(
-            db.execute("SELECT count(*) FROM clicks").fetchone()[0]
-        )
+    db = fwd.database
+    return int(db.value("SELECT count(*) FROM outbox")) + int(
+        db.value("SELECT count(*) FROM clicks")
+    )
 
 
+@ON_EVERY_BACKEND
 def test_dispositions_queued_duplicate_anonymous_no_integration(
     forwarder: ForwarderProcess,
 ) -> None:
@@ -77,6 +80,7 @@ def test_dispositions_queued_duplicate_anonymous_no_integration(
     assert status.integration.delivery.queued_count == 1
 
 
+@ON_EVERY_BACKEND
 def test_identifiers_are_read_from_the_destination_url(forwarder: ForwarderProcess) -> None:
     ws = new_workspace_id()
     register(forwarder, ws)
@@ -88,8 +92,7 @@ def test_identifiers_are_read_from_the_destination_url(forwarder: ForwarderProce
         .disposition
         == pb.CLICK_DISPOSITION_QUEUED
     )
-    with sqlite3.connect(forwarder.db_path) as db:
-        (email,) = db.execute("SELECT email FROM outbox WHERE source_id='u1'").fetchone()
+    email = forwarder.database.value("SELECT email FROM outbox WHERE source_id='u1'")
     assert email == "jane+news@example.com"  # the + decoded as a space is repaired
 
 
@@ -173,6 +176,7 @@ def test_admin_rpc_needs_an_admin_token(
     assert details(caught.value)[0] == reason
 
 
+@ON_EVERY_BACKEND
 def test_stream_acks_each_batch_after_commit_with_per_click_results(
     forwarder: ForwarderProcess,
 ) -> None:
@@ -196,11 +200,7 @@ def test_stream_acks_each_batch_after_commit_with_per_click_results(
         pb.CLICK_DISPOSITION_ANONYMOUS,
     ]
     assert second[1].field_violations[0].field == "clicks[1].identifiers.email"
-    with sqlite3.connect(forwarder.db_path) as db:
-        assert (
-            db.execute("SELECT count(*) FROM outbox WHERE workspace_id=?", (ws,)).fetchone()[0]
-            == 500
-        )
+    assert forwarder.database.value("SELECT count(*) FROM outbox WHERE workspace_id=?", ws) == 500
 
 
 @pytest.mark.parametrize(
@@ -249,6 +249,7 @@ def test_oversized_message_and_garbage_bytes_are_refused_and_server_keeps_servin
     assert health is not None
 
 
+@ON_EVERY_BACKEND
 def test_conversion_resolves_profile_from_click_and_is_idempotent(
     forwarder: ForwarderProcess,
 ) -> None:
@@ -273,10 +274,9 @@ def test_conversion_resolves_profile_from_click_and_is_idempotent(
     assert send(conv).disposition == pb.CONVERSION_DISPOSITION_DUPLICATE
     unknown = pb.Conversion(conversion_id="order-2", workspace_id=ws, click_id="never-seen")
     assert send(unknown).disposition == pb.CONVERSION_DISPOSITION_UNATTRIBUTED
-    with sqlite3.connect(forwarder.db_path) as db:
-        row = db.execute(
-            "SELECT email, value, currency FROM outbox WHERE source_id='order-1'"
-        ).fetchone()
+    [row] = forwarder.database.rows(
+        "SELECT email, value, currency FROM outbox WHERE source_id='order-1'"
+    )
     assert row == ("buyer@example.com", 42.5, "EUR")
     with pytest.raises(grpc.RpcError) as caught:
         send(pb.Conversion(conversion_id="order-3", workspace_id=ws, click_id="cl-1", value=5))

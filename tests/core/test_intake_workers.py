@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -68,10 +67,9 @@ async def test_sigkill_of_an_intake_worker_mid_stream_loses_nothing(forwarder_fa
     assert len(dispositions) == total
     # A batch committed just before its worker died is resent and answered DUPLICATE.
     assert set(dispositions) <= {pb.CLICK_DISPOSITION_QUEUED, pb.CLICK_DISPOSITION_DUPLICATE}
-    with sqlite3.connect(fwd.db_path) as db:
-        rows, distinct = db.execute(
-            "SELECT count(*), count(DISTINCT source_id) FROM outbox WHERE workspace_id = ?", (ws,)
-        ).fetchone()
+    [(rows, distinct)] = fwd.database.rows(
+        "SELECT count(*), count(DISTINCT source_id) FROM outbox WHERE workspace_id = ?", ws
+    )
     assert rows == distinct == total
     assert "intake worker died" in fwd.logs()
     deadline = time.monotonic() + 10

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import grpc
@@ -19,12 +18,7 @@ from tests.support.openbao import VaultFixture, new_workspace_id
 
 
 def stored_ciphertext(fwd: ForwarderProcess, ws: str) -> str:
-    with sqlite3.connect(fwd.db_path) as db:
-        return str(
-            db.execute(
-                "SELECT ciphertext FROM integrations WHERE workspace_id=?", (ws,)
-            ).fetchone()[0]
-        )
+    return str(fwd.database.value("SELECT ciphertext FROM integrations WHERE workspace_id=?", ws))
 
 
 def all_bytes_under(path: Path) -> bytes:
@@ -122,10 +116,7 @@ def test_remove_shreds_the_transit_key_and_drops_events(
     # ...after it, not even the root token can: the key is gone (crypto-shredding).
     with pytest.raises(hvac.exceptions.VaultError, match=r"(?i)not found|encryption key"):
         root.secrets.transit.decrypt_data(name=f"elido-ws-{ws}", ciphertext=ciphertext)
-    with sqlite3.connect(fwd.db_path) as db:
-        assert (
-            db.execute("SELECT count(*) FROM outbox WHERE workspace_id=?", (ws,)).fetchone()[0] == 0
-        )
+    assert fwd.database.value("SELECT count(*) FROM outbox WHERE workspace_id=?", ws) == 0
     with pytest.raises(grpc.RpcError) as again:
         fwd.stub().RemoveIntegration(
             pb.RemoveIntegrationRequest(workspace_id=ws), metadata=fwd.admin()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sqlite3
 import time
 import urllib.request
 from pathlib import Path
@@ -103,11 +102,7 @@ def test_sigterm_drains_gracefully_and_keeps_every_acked_click(forwarder_factory
         json.loads(line).get("event") for line in fwd.logs().splitlines() if line.startswith("{")
     ]
     assert events.index("draining") < events.index("stopped")
-    with sqlite3.connect(fwd.db_path) as db:
-        assert (
-            db.execute("SELECT count(*) FROM outbox WHERE workspace_id=?", (ws,)).fetchone()[0]
-            == 2000
-        )
+    assert fwd.database.value("SELECT count(*) FROM outbox WHERE workspace_id=?", ws) == 2000
 
 
 def test_json_logs_redact_keys_tokens_and_mask_emails(capsys: pytest.CaptureFixture[str]) -> None:

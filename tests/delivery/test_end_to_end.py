@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
+import pytest
 from elido.forwarder.v1 import forwarder_pb2 as pb
 
 from tests.klaviyo_mock import KlaviyoMockThread
@@ -17,11 +18,14 @@ from tests.support.calls import (
     rpc_code,
     wait_for,
 )
-from tests.support.forwarder import ForwarderProcess
+from tests.support.forwarder import BACKENDS, ForwarderProcess
 from tests.support.klaviyo_spec import validate_schema
 from tests.support.openbao import new_workspace_id
 
+ON_EVERY_BACKEND = pytest.mark.parametrize("store_backend", BACKENDS)
 
+
+@ON_EVERY_BACKEND
 def test_click_and_conversion_reach_the_timeline_exactly(
     forwarder_factory,
     klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
@@ -99,6 +103,7 @@ def test_click_and_conversion_reach_the_timeline_exactly(
     assert status.HasField("last_delivery_time")
 
 
+@ON_EVERY_BACKEND
 def test_large_backlog_goes_out_as_bulk_jobs_grouped_by_profile(
     forwarder_factory,
     klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
@@ -126,6 +131,7 @@ def test_large_backlog_goes_out_as_bulk_jobs_grouped_by_profile(
     assert klaviyo_mock_thread.throttled_count == 0
 
 
+@ON_EVERY_BACKEND
 def test_rejected_key_holds_events_until_a_new_key_is_registered(
     forwarder_factory,
     klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
@@ -149,6 +155,7 @@ def test_rejected_key_holds_events_until_a_new_key_is_registered(
     assert integration(fwd, ws).state == pb.INTEGRATION_STATE_ACTIVE
 
 
+@ON_EVERY_BACKEND
 def test_invalid_event_is_failed_listed_and_replayable(
     forwarder_factory,
     klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
@@ -187,6 +194,7 @@ def test_invalid_event_is_failed_listed_and_replayable(
     assert integration(fwd, ws).delivery.failed_count == 0
 
 
+@ON_EVERY_BACKEND
 def test_one_workspaces_bad_key_and_throttling_do_not_delay_another(
     forwarder_factory,
     klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]

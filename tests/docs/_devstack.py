@@ -34,19 +34,25 @@ class DevStack:
         self.metrics = f"127.0.0.1:{free_port()}"
         self._output = data_dir.parent / "devstack.out"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "FORWARDER_"))}
-        env.update({
-            "FORWARDER_DATA_DIR": str(data_dir),
-            "DEVSTACK_VAULT_PORT": self.vault.rsplit(":", 1)[1],
-            "DEVSTACK_LISTEN": self.target,
-            # What the README has the reader pass to `make run`, and the metrics endpoint the
-            # operator guide shows.
-            "KLAVIYO_BASE_URL": klaviyo_base_url,
-            "FORWARDER_METRICS_LISTEN": self.metrics,
-        })
+        env.update(
+            {
+                "FORWARDER_DATA_DIR": str(data_dir),
+                "DEVSTACK_VAULT_PORT": self.vault.rsplit(":", 1)[1],
+                "DEVSTACK_LISTEN": self.target,
+                # What the README has the reader pass to `make run`, and the metrics endpoint the
+                # operator guide shows.
+                "KLAVIYO_BASE_URL": klaviyo_base_url,
+                "FORWARDER_METRICS_LISTEN": self.metrics,
+            }
+        )
         with self._output.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "server.devstack"], cwd=REPO, env=env, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", "server.devstack"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self._channel = grpc.insecure_channel(self.target)
 
@@ -67,7 +73,8 @@ class DevStack:
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"devstack did not serve within {timeout_s}s:\n{self.output()}")
+                    f"devstack did not serve within {timeout_s}s:\n{self.output()}"
+                )
             time.sleep(0.1)
 
     def token(self, role: str) -> str:
@@ -79,8 +86,10 @@ class DevStack:
 
     def integration(self, workspace_id: str) -> pb.Integration:
         answer = self.stub().GetIntegration(
-            pb.GetIntegrationRequest(workspace_id=workspace_id), timeout=5,
-            metadata=(("authorization", f"Bearer {self.token('admin')}"),))
+            pb.GetIntegrationRequest(workspace_id=workspace_id),
+            timeout=5,
+            metadata=(("authorization", f"Bearer {self.token('admin')}"),),
+        )
         return answer.integration
 
     def ctrl_c(self, timeout_s: float = 40.0) -> int:

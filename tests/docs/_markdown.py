@@ -105,11 +105,21 @@ def shell_blocks(path: Path) -> list[Block]:
                 argument = marker.group(2)
                 if mode == "run":
                     hooks = tuple(
-                        word.removeprefix("before=") for word in argument.split()
+                        word.removeprefix("before=")
+                        for word in argument.split()
                         if word.startswith("before=")
                     )
-            blocks.append(Block(path, start + 1, language, "\n".join(lines[start + 1:end]),
-                                mode, argument, hooks))
+            blocks.append(
+                Block(
+                    path,
+                    start + 1,
+                    language,
+                    "\n".join(lines[start + 1 : end]),
+                    mode,
+                    argument,
+                    hooks,
+                )
+            )
         i = end + 1
     return blocks
 

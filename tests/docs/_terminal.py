@@ -47,8 +47,12 @@ class Substitutions:
     data_dir: Path
 
     def apply(self, text: str) -> str:
-        text = (text.replace(DOC_FORWARDER, self.forwarder).replace(DOC_VAULT, self.vault)
-                .replace(DOC_MOCK, self.mock).replace(DOC_METRICS, self.metrics))
+        text = (
+            text.replace(DOC_FORWARDER, self.forwarder)
+            .replace(DOC_VAULT, self.vault)
+            .replace(DOC_MOCK, self.mock)
+            .replace(DOC_METRICS, self.metrics)
+        )
         return _VAR.sub(lambda _: f"{self.data_dir}/", text)
 
 
@@ -70,13 +74,22 @@ class Terminal:
         self._subs = substitutions
         self._count = 0
         # A clean shell: nothing from the developer's (or CI's) own Vault or forwarder settings.
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("VAULT_", "ELIDO_", "BAO_", "VIRTUAL_ENV"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("VAULT_", "ELIDO_", "BAO_", "VIRTUAL_ENV"))
+        }
         # elido-fwd's built-in default target is make run's address; point it at ours.
         env["ELIDO_FORWARDER_TARGET"] = substitutions.forwarder
         self._proc = subprocess.Popen(
-            ["bash", "--noprofile", "--norc"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, cwd=REPO, env=env, text=True, start_new_session=True,
+            ["bash", "--noprofile", "--norc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            env=env,
+            text=True,
+            start_new_session=True,
         )
 
     def run(self, command: str, timeout_s: float = 30.0) -> Result:
@@ -89,8 +102,10 @@ class Terminal:
         q = shlex.quote
         # Sourced, so the shell's state persists; stdin closed, as in a script, so nothing can
         # wait for typing.
-        line = (f". {q(str(script))} > {q(str(out))} 2>&1 < /dev/null; "
-                f"echo $? > {q(str(status))}.tmp; mv {q(str(status))}.tmp {q(str(status))}\n")
+        line = (
+            f". {q(str(script))} > {q(str(out))} 2>&1 < /dev/null; "
+            f"echo $? > {q(str(status))}.tmp; mv {q(str(status))}.tmp {q(str(status))}\n"
+        )
         assert self._proc.stdin is not None
         self._proc.stdin.write(line)
         self._proc.stdin.flush()
@@ -111,8 +126,9 @@ class Terminal:
             result = self.run(command.text)
             context = f"{block.where}: $ {command.text}\n--- output ---\n{result.output}"
             assert result.exit_code == 0, f"exit status {result.exit_code}\n{context}"
-            problem = output_mismatch(tuple(self._subs.apply(e) for e in command.expected),
-                                      result.output)
+            problem = output_mismatch(
+                tuple(self._subs.apply(e) for e in command.expected), result.output
+            )
             assert problem is None, f"{problem}\n{context}"
             results.append(result)
         return results

@@ -38,8 +38,10 @@ def docs_env(
     try:
         stack.wait_serving()
         substitutions = Substitutions(
-            forwarder=stack.target, vault=stack.vault,
-            mock=mock.base_url.removeprefix("http://").rstrip("/"), metrics=stack.metrics,
+            forwarder=stack.target,
+            vault=stack.vault,
+            mock=mock.base_url.removeprefix("http://").rstrip("/"),
+            metrics=stack.metrics,
             data_dir=stack.data_dir,
         )
         terminal = Terminal(root / "terminal", substitutions)

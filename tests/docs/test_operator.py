@@ -39,15 +39,22 @@ def _revoke_first_key(docs_env: DocsEnvironment) -> None:
     wait_until(lambda: _counts(docs_env).queued_count == 0, "acme's outbox to drain")
     mock.remove_key(FIRST_KEY)
     mock.add_key(SECOND_KEY, "acct")
-    click = pb.Click(click_id="held-1", workspace_id="acme", identifiers=pb.ProfileIdentifiers(
-        email="jane@example.com"))
+    click = pb.Click(
+        click_id="held-1",
+        workspace_id="acme",
+        identifiers=pb.ProfileIdentifiers(email="jane@example.com"),
+    )
     click.click_time.GetCurrentTime()
     answer = stack.stub().ForwardClick(
-        pb.ForwardClickRequest(click=click), timeout=5,
-        metadata=(("authorization", f"Bearer {stack.token('ingest')}"),))
+        pb.ForwardClickRequest(click=click),
+        timeout=5,
+        metadata=(("authorization", f"Bearer {stack.token('ingest')}"),),
+    )
     assert answer.disposition == pb.CLICK_DISPOSITION_QUEUED
-    wait_until(lambda: stack.integration("acme").state == pb.INTEGRATION_STATE_KEY_REJECTED,
-               "Klaviyo's 401 to reach the integration's state")
+    wait_until(
+        lambda: stack.integration("acme").state == pb.INTEGRATION_STATE_KEY_REJECTED,
+        "Klaviyo's 401 to reach the integration's state",
+    )
 
 
 def _hook(docs_env: DocsEnvironment, hook: str) -> None:
@@ -56,8 +63,10 @@ def _hook(docs_env: DocsEnvironment, hook: str) -> None:
         docs_env.mock.inject(Fault(kind=FaultKind.STATUS, status=400, count=1, endpoint="events"))
     elif name == "wait-failed":
         workspace, wanted = argument.split(":")
-        wait_until(lambda: docs_env.stack.integration(workspace).delivery.failed_count
-                   >= int(wanted), f"{wanted} failed events of {workspace}")
+        wait_until(
+            lambda: docs_env.stack.integration(workspace).delivery.failed_count >= int(wanted),
+            f"{wanted} failed events of {workspace}",
+        )
     elif name == "klaviyo-revokes-acme-key":
         _revoke_first_key(docs_env)
     else:
@@ -72,8 +81,10 @@ def test_operator_block(docs_env: DocsEnvironment, block: Block) -> None:
 
 
 def test_held_events_were_delivered_with_the_new_key(docs_env: DocsEnvironment) -> None:
-    wait_until(lambda: any(e.unique_id == "held-1" for e in docs_env.mock.timeline("acct")),
-               "the held click to reach Klaviyo")
+    wait_until(
+        lambda: any(e.unique_id == "held-1" for e in docs_env.mock.timeline("acct")),
+        "the held click to reach Klaviyo",
+    )
     assert docs_env.stack.integration("acme").state == pb.INTEGRATION_STATE_ACTIVE
 
 
@@ -88,9 +99,20 @@ def test_the_documented_token_recipe_makes_a_working_token_file(
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "client.cli", "--target", forwarder.target,
-             "--token-file", str(token_file), *args],
-            capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parents[2],
+            [
+                sys.executable,
+                "-m",
+                "client.cli",
+                "--target",
+                forwarder.target,
+                "--token-file",
+                str(token_file),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=Path(__file__).resolve().parents[2],
             check=False,
         )
 

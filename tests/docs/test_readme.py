@@ -51,8 +51,10 @@ def _hook(docs_env: DocsEnvironment, hook: str) -> None:
     name, _, argument = hook.partition(":")
     if name == "wait-delivered":
         wanted = int(argument)
-        wait_until(lambda: len(docs_env.mock.timeline("acct")) >= wanted,
-                   f"{wanted} events on the mock's timeline")
+        wait_until(
+            lambda: len(docs_env.mock.timeline("acct")) >= wanted,
+            f"{wanted} events on the mock's timeline",
+        )
     else:
         raise AssertionError(f"README.md uses an unknown docs-test hook {hook!r}")
 

@@ -13,7 +13,8 @@ from tests.docs.conftest import repo_file
 EXECUTED = [repo_file("README.md"), repo_file("docs/operator.md")]
 LINKED = [*EXECUTED, repo_file("docs/architecture.md")]
 _ENV_READ = re.compile(
-    r"(?:env\.get|_number|_int|_path|text|number|integer)\(\s*(?:env,\s*)?\"([A-Z][A-Z0-9_]+)\""
+    r"(?:env\.get|_number|_int|_path|text|number|integer|positive|choice|listen|path|secret"
+    r"|optional|is_set)\(\s*(?:env,\s*)?f?\"([A-Z][A-Z0-9_]+)\""
 )
 
 
@@ -54,8 +55,9 @@ def test_every_metric_is_in_the_guide() -> None:
 
 def test_every_error_reason_is_in_the_architecture() -> None:
     architecture = repo_file("docs/architecture.md").read_text()
-    reasons = re.findall(r'^    [A-Z_]+ = "([A-Z_]+)"$', repo_file("server/_errors.py").read_text(),
-                         re.MULTILINE)
+    reasons = re.findall(
+        r'^    [A-Z_]+ = "([A-Z_]+)"$', repo_file("server/_errors.py").read_text(), re.MULTILINE
+    )
     assert "VAULT_UNAVAILABLE" in reasons
     assert not [r for r in reasons if f"`{r}`" not in architecture]
 
@@ -77,8 +79,12 @@ def test_relative_links_and_anchors_resolve(path: Path) -> None:
             continue
         file_part, _, anchor = target.partition("#")
         linked = (path.parent / file_part).resolve() if file_part else path
-        missing_anchor = (linked.exists() and bool(anchor) and linked.suffix == ".md"
-                          and anchor not in _anchors(linked.read_text()))
+        missing_anchor = (
+            linked.exists()
+            and bool(anchor)
+            and linked.suffix == ".md"
+            and anchor not in _anchors(linked.read_text())
+        )
         if not linked.exists() or missing_anchor:
             broken.append(target)
     assert not broken, f"{path.name}: broken links {broken}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+import json
+
+from elido.forwarder.v1 import forwarder_pb2 as pb
 
 from server.store._records import EventKind, Identifiers, OutboxEvent
 
@@ -20,10 +22,15 @@ def click(
     phone: str = "",
     external_id: str = "",
     occurred_at: float = T0,
-    properties: dict[str, Any] | None = None,
+    url: str = "https://shop.example/p/1?utm_source=klaviyo",
+    link_id: str = "",
+    user_agent: str = "",
     workspace: str = "ws_1",
 ) -> OutboxEvent:
-    """A click event."""
+    """A click event, stored as intake stores it (the serialized Click)."""
+    stored = pb.Click(
+        click_id=source_id, destination_url=url, link_id=link_id, user_agent=user_agent
+    )
     return OutboxEvent(
         event_id=next(_ids),
         workspace_id=workspace,
@@ -32,9 +39,7 @@ def click(
         occurred_at=occurred_at,
         created_at=occurred_at,
         identifiers=Identifiers(email=email, phone_number=phone, external_id=external_id, kx=kx),
-        properties=properties
-        if properties is not None
-        else {"url": "https://shop.example/p/1", "utm_source": "klaviyo"},
+        payload=stored.SerializeToString(),
         value=None,
         currency="",
         attempts=0,
@@ -58,7 +63,7 @@ def conversion(
         occurred_at=occurred_at,
         created_at=occurred_at,
         identifiers=Identifiers(email=email),
-        properties={"click_id": "clk_1"},
+        payload=json.dumps({"click_id": "clk_1"}).encode(),
         value=value,
         currency=currency,
         attempts=0,

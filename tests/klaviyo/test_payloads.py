@@ -10,6 +10,7 @@ import pytest
 from server._secret import PrivateKey
 from server.delivery._klaviyo import KlaviyoClient, Outcome
 from server.delivery._payloads import build_bulk_job, build_event, plan_bulk_jobs
+from server.delivery._properties import event_properties
 from server.store._records import IntegrationSettings
 from tests.klaviyo._events import T0, click, conversion
 from tests.klaviyo_mock import KlaviyoMock
@@ -33,7 +34,11 @@ def test_click_body_is_exactly_what_klaviyo_documents() -> None:
         "data": {
             "type": "event",
             "attributes": {
-                "properties": {"url": "https://shop.example/p/1", "utm_source": "klaviyo"},
+                "properties": {
+                    "click_id": "clk_1",
+                    "destination_url": "https://shop.example/p/1?utm_source=klaviyo",
+                    "utm_source": "klaviyo",
+                },
                 "metric": {
                     "data": {"type": "metric", "attributes": {"name": "Elido Link Clicked"}}
                 },
@@ -84,9 +89,9 @@ def test_stale_events_are_backfilled_fresh_ones_are_not() -> None:
     validate_event_create(build_event(click(), settings, T0 + 3601))
 
 
-def test_empty_properties_are_sent_as_an_empty_object() -> None:
-    body = build_event(click(properties={}), SETTINGS, FRESH)
-    assert body["data"]["attributes"]["properties"] == {}
+def test_a_click_without_a_url_has_only_its_id_as_properties() -> None:
+    body = build_event(click(url=""), SETTINGS, FRESH)
+    assert body["data"]["attributes"]["properties"] == {"click_id": "clk_1"}
     validate_event_create(body)
 
 
@@ -129,8 +134,7 @@ def test_plan_splits_by_event_count() -> None:
 
 def test_plan_keeps_every_job_under_the_byte_limit() -> None:
     events = [
-        click(f"c{i}", email=f"u{i % 5}@example.com", properties={"pad": "x" * (i * 37)})
-        for i in range(60)
+        click(f"c{i}", email=f"u{i % 5}@example.com", user_agent="x" * (i * 37)) for i in range(60)
     ]
     max_bytes = 4000
     jobs = plan_bulk_jobs(events, SETTINGS, FRESH, max_bytes=max_bytes)
@@ -146,9 +150,9 @@ def test_plan_keeps_every_job_under_the_byte_limit() -> None:
 
 
 def test_plan_puts_a_repeated_unique_id_in_a_later_job() -> None:
-    first = click("dup", email="a@example.com", properties={"n": 1})
+    first = click("dup", email="a@example.com", link_id="1")
     other = click("c2", email="b@example.com")
-    repeat = click("dup", email="a@example.com", properties={"n": 2})
+    repeat = click("dup", email="a@example.com", link_id="2")
     other_metric = conversion("dup", email="a@example.com")  # same id, another metric: fine
     jobs = plan_bulk_jobs([first, other, repeat, other_metric], SETTINGS, FRESH)
     assert [[e.event_id for e in job] for job in jobs] == [
@@ -165,9 +169,10 @@ def test_plan_treats_a_shared_identifier_as_the_same_profile() -> None:
 
 
 def test_plan_of_many_repeats_never_pairs_them() -> None:
-    events = [click("same", email="a@example.com", properties={"n": i}) for i in range(4)]
+    events = [click("same", email="a@example.com", link_id=str(i)) for i in range(4)]
     jobs = plan_bulk_jobs(events, SETTINGS, FRESH)
-    assert [[e.properties["n"] for e in job] for job in jobs] == [[0], [1], [2], [3]]
+    links = [[event_properties(e, SETTINGS)["link_id"] for e in job] for job in jobs]
+    assert links == [["0"], ["1"], ["2"], ["3"]]
 
 
 async def test_the_mock_accepts_what_we_build(

@@ -218,3 +218,60 @@ async def test_limiter_adapts_when_the_account_is_shared(klaviyo_mock: KlaviyoMo
     # Without adapting this loop would hammer hundreds of 429s; with it, one per window.
     assert klaviyo_mock.throttled_count <= 3
     assert accepted >= 6
+
+
+def _sent_in_windows(times: list[float]) -> tuple[int, int]:
+    """The most requests any 1 s window and any 60 s window held (to the microsecond: the
+    fake clock's sums of floats land a hair off the windows' edges)."""
+    eps = 1e-6
+    worst_burst = max(sum(1 for u in times if t - 1 + eps < u <= t) for t in times)
+    worst_steady = max(sum(1 for u in times if t - 60 + eps < u <= t) for t in times)
+    return worst_burst, worst_steady
+
+
+def test_a_successor_counts_what_the_previous_holder_sent_and_may_have_sent_unseen() -> None:
+    # The previous holder sent at its limits (3/s, 10/min) and recorded its usage 2 s before
+    # the takeover; its lease lapsed only now, so it may have gone on sending meanwhile.
+    old, old_clock = limiter()
+    sent: list[float] = []
+    for _ in range(6):
+        while old.delay(Endpoint.EVENTS) > 0:
+            old_clock.now += 0.05
+        send(old)
+        sent.append(old_clock.now)
+    recorded = old.usage()
+    # Unseen by anyone: the old holder kept sending until its lease lapsed, 2 s later.
+    for _ in range(4):
+        old_clock.now += 0.5
+        if old.delay(Endpoint.EVENTS) == 0:
+            send(old)
+            sent.append(old_clock.now)
+    new, new_clock = limiter()
+    new_clock.now = old_clock.now  # both on one timeline for the check below
+    new.take_over(recorded, usage_age_s=2.0, sending_until_s=0.0)
+    while len(sent) < 25:
+        if (wait := new.delay(Endpoint.EVENTS)) > 0:
+            new_clock.now += wait
+            continue
+        send(new)
+        sent.append(new_clock.now)
+    burst, steady = _sent_in_windows(sent)
+    assert burst <= 3
+    assert steady <= 10
+
+
+def test_a_released_lease_hands_over_exactly_what_was_sent() -> None:
+    old, old_clock = limiter()
+    for _ in range(3):
+        send(old)
+        old_clock.now += 1.0
+    new, _ = limiter()
+    new.take_over(old.usage(), usage_age_s=0.0, sending_until_s=-30.0)
+    assert new.usage()["events"] == [3.0, 2.0, 1.0]
+    assert new.delay(Endpoint.EVENTS) == 0  # 3 of 10 used: room left, none imagined
+
+
+def test_a_garbled_or_empty_handover_starts_fresh() -> None:
+    new, _ = limiter()
+    new.take_over({}, usage_age_s=0.0, sending_until_s=-1.0)
+    assert new.delay(Endpoint.EVENTS) == 0

@@ -142,3 +142,92 @@ async def test_full_spool_answers_503_with_retry_after(tmp_path: Path) -> None:
         assert sidecar.spool.unacked == accepted
     finally:
         await sidecar.stop()
+
+
+async def raw_exchange(port: int, data: bytes, half_close: bool = False) -> bytes:
+    """Sends ``data`` on a fresh connection and returns everything answered until close.
+
+    The 20 s bound only turns a hang into a failure: the sidecar's idle timeout in these tests
+    is an hour, so an answer at all means it answered at once.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        if half_close:
+            writer.write_eof()
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 20)
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def patient_sidecar(tmp_path: Path) -> AsyncIterator[Sidecar]:
+    running = Sidecar(make_config(tmp_path, http={"idle_timeout_s": 3600.0}))
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # A negative chunk size (was a traceback and no answer).
+        b"POST /v1/clicks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n",
+        # Bare LF line endings in the head (was a wait for the idle timeout).
+        b"POST /v1/clicks HTTP/1.1\nHost: x\nContent-Length: 2\n\n{}",
+        b"GET /healthz HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
+        # Bare LF after a chunk size.
+        b"POST /v1/clicks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\n{}",
+        b"POST /v1/clicks HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /v1/clicks HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"POST /v1/clicks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/clicks HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # TLS to a plain-text port
+    ],
+)
+async def test_malformed_framing_gets_400_at_once(
+    patient_sidecar: Sidecar, request_bytes: bytes
+) -> None:
+    answer = await raw_exchange(patient_sidecar.http_port, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"Connection: close" in answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    # Nothing was taken, and the next request is served.
+    assert patient_sidecar.spool is not None
+    assert patient_sidecar.spool.unacked == 0
+    status, _ = await post_clicks(patient_sidecar.http_port, [click_record(1)])
+    assert status == 202
+
+
+async def test_truncated_request_gets_400_when_the_client_stops_sending(
+    patient_sidecar: Sidecar,
+) -> None:
+    body = json.dumps(click_record(1)).encode()
+    head = b"POST /v1/clicks HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    answer = await raw_exchange(patient_sidecar.http_port, head + body[:10], half_close=True)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert patient_sidecar.spool is not None
+    assert patient_sidecar.spool.unacked == 0
+
+
+async def test_expect_100_continue_and_http_1_0(sidecar: Sidecar) -> None:
+    body = json.dumps(click_record(1)).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.http_port)
+    writer.write(
+        b"POST /v1/clicks HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100 ")
+    writer.write(body)
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 202 ")
+    writer.close()
+    # HTTP/1.0 without keep-alive: answered, then closed.
+    answer = await raw_exchange(
+        sidecar.http_port,
+        b"POST /v1/clicks HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), json.dumps(click_record(2)).encode()),
+    )
+    assert answer.startswith(b"HTTP/1.1 202 "), answer
+    assert sidecar.spool is not None
+    assert sidecar.spool.unacked == 2

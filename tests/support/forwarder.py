@@ -1,8 +1,10 @@
 """The real forwarder server as a subprocess, for end-to-end and fault tests.
 
-``ForwarderProcess`` runs ``python -m server`` with its own SQLite file, token file and port
-(bound to port 0, reported through ``FORWARDER_PORT_FILE``), talking to a real OpenBao and to
-whatever Klaviyo URL it is given. It can be stopped gracefully (SIGTERM), killed (SIGKILL)
+``ForwarderProcess`` runs ``python -m server`` with its own store (a SQLite file, or a
+PostgreSQL database when given ``database_url``), token file and port (bound to port 0,
+reported through ``FORWARDER_PORT_FILE``), talking to a real OpenBao and to whatever Klaviyo
+URL it is given. Replicas share a store: pass the same ``database_url`` (or the same
+``FORWARDER_DB_PATH``) to several. It can be stopped gracefully (SIGTERM), killed (SIGKILL)
 and restarted on the same data. Its stderr (the JSON logs) is kept in a file so tests can
 search it for leaked secrets.
 """
@@ -25,6 +27,7 @@ import grpc
 import pytest
 from elido.forwarder.v1 import forwarder_pb2_grpc as pb_grpc
 
+from tests.support.database import Database
 from tests.support.openbao import VaultFixture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +43,7 @@ class ForwarderProcess:
         vault_token: str,
         klaviyo_url: str = "http://127.0.0.1:9",
         env: Mapping[str, str] | None = None,
+        database_url: str = "",
     ) -> None:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -78,9 +82,17 @@ class ForwarderProcess:
             "VAULT_ADDR": vault_addr,
             "VAULT_TOKEN": vault_token,
             "KLAVIYO_BASE_URL": klaviyo_url,
+            # Replicas sharing a store need distinct lease owners.
+            "FORWARDER_INSTANCE_ID": data_dir.name,
             "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "protos")]),
+            **({"FORWARDER_DATABASE_URL": database_url} if database_url else {}),
             **(env or {}),
         }
+        self.database = (
+            Database(postgres_url=database_url)
+            if database_url
+            else Database(sqlite_path=Path(self.env["FORWARDER_DB_PATH"]))
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._channel: grpc.Channel | None = None
@@ -158,8 +170,24 @@ class ForwarderProcess:
 
 
 @pytest.fixture
-def forwarder_factory(tmp_path: Path, openbao: VaultFixture) -> Iterator[Any]:
-    """Builds started forwarders (stopped at teardown): ``forwarder_factory(klaviyo_url=...)``."""
+def store_backend() -> str:
+    """Which store the forwarders of a test use; a module overrides it with a parametrized
+    fixture of the same name to run its tests on both (see :data:`BACKENDS`)."""
+    return "sqlite"
+
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture
+def forwarder_factory(
+    tmp_path: Path, openbao: VaultFixture, store_backend: str, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """Builds started forwarders (stopped at teardown): ``forwarder_factory(klaviyo_url=...)``.
+
+    On the ``postgres`` backend each forwarder gets a database of its own unless
+    ``database_url`` names one (replicas).
+    """
     made: list[ForwarderProcess] = []
 
     def make(
@@ -167,10 +195,18 @@ def forwarder_factory(tmp_path: Path, openbao: VaultFixture) -> Iterator[Any]:
         env: Mapping[str, str] | None = None,
         vault: VaultFixture | None = None,
         name: str = "forwarder",
+        database_url: str = "",
     ) -> ForwarderProcess:
         v = vault or openbao
+        if store_backend == "postgres" and not database_url:
+            database_url = request.getfixturevalue("postgres_server").create_database()
         process = ForwarderProcess(
-            tmp_path / f"{name}-{len(made)}", v.addr, v.forwarder_token, klaviyo_url, env
+            tmp_path / f"{name}-{len(made)}",
+            v.addr,
+            v.forwarder_token,
+            klaviyo_url,
+            env,
+            database_url=database_url,
         )
         process.start()
         made.append(process)

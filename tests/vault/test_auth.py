@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -102,5 +103,65 @@ async def test_token_without_transit_policy_is_denied(
     try:
         with pytest.raises(VaultDenied):
             await vault.encrypt(new_workspace_id(), private_key)
+    finally:
+        await vault.close()
+
+
+async def test_a_token_file_rotated_by_an_agent_is_read_again_when_vault_refuses(
+    openbao: VaultFixture, private_key: PrivateKey, tmp_path: Path
+) -> None:
+    """VAULT_TOKEN_FILE as a Vault Agent sink: the agent replaces the token; the forwarder
+    takes the new one at the first refusal of the old, without a restart."""
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(openbao.mint_token() + "\n")
+    config = VaultConfig.from_env({"VAULT_ADDR": openbao.addr, "VAULT_TOKEN_FILE": str(token_file)})
+    assert config.token_file == token_file
+    vault = KeyVault(config)
+    await vault.start()
+    try:
+        ws = new_workspace_id()
+        encrypted = await vault.encrypt(ws, private_key)
+        old = vault._client.token
+        openbao.root_client().auth.token.revoke(old)
+        token_file.write_text(openbao.mint_token())
+        vault.forget(ws)
+        with capture_logs() as logs:
+            assert await vault.decrypt(ws, encrypted.ciphertext) == private_key
+        assert [e["event"] for e in logs].count("vault.token_file_changed") == 1
+        # The file still holds the refused token: the refusal stands (fail closed).
+        openbao.root_client().auth.token.revoke(vault._client.token)
+        with pytest.raises(VaultDenied):
+            await vault.encrypt(ws, private_key)
+    finally:
+        await vault.close()
+
+
+async def test_a_rotated_secret_id_file_is_used_at_the_next_login(
+    openbao: VaultFixture, private_key: PrivateKey, tmp_path: Path
+) -> None:
+    role = f"r-{new_workspace_id()}"
+    creds = openbao.approle_credentials(role_name=role)
+    secret_file = tmp_path / "secret-id"
+    secret_file.write_text(creds.secret_id + "\n")
+    config = VaultConfig.from_env(
+        {
+            "VAULT_ADDR": openbao.addr,
+            "VAULT_ROLE_ID": creds.role_id,
+            "VAULT_SECRET_ID_FILE": str(secret_file),
+        }
+    )
+    vault = KeyVault(config)
+    await vault.start()
+    try:
+        ws = new_workspace_id()
+        await vault.encrypt(ws, private_key)
+        # The orchestrator rotates the secret id: a new one in the file, the old one destroyed.
+        root = openbao.root_client()
+        new_secret = root.auth.approle.generate_secret_id(role)["data"]["secret_id"]
+        secret_file.write_text(new_secret)
+        root.auth.approle.destroy_secret_id(role, creds.secret_id)
+        root.auth.token.revoke(vault._client.token)
+        encrypted = await vault.encrypt(ws, private_key)  # re-login with the new secret id
+        assert await vault.decrypt(ws, encrypted.ciphertext) == private_key
     finally:
         await vault.close()

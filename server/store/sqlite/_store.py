@@ -1,49 +1,48 @@
 """SQLite implementation of :class:`server.store.Store` (WAL mode, one writer thread).
 
-SQLite allows one writer at a time, so the server's statements run on one dedicated thread
-with one connection (the intake worker processes have their own; all writers take turns
-through :class:`WriteLock`). Operations that queue up while a transaction runs are committed
-together in the next one (group commit): under load one fsync covers many, which is where
-the throughput comes from. Each runs under its own savepoint, so one failing operation does
-not take its neighbours down.
+SQLite allows one writer at a time, so this process's statements run on one dedicated thread
+with one connection (other processes sharing the file — intake workers, another replica on
+the same host — have their own; all writers take turns through :class:`WriteLock`).
+Operations that queue up while a transaction runs are committed together in the next one
+(group commit): under load one fsync covers many, which is where the throughput comes from.
+Each runs under its own savepoint, so one failing operation does not take its neighbours down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import json
-import os
 import queue
 import sqlite3
 import threading
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import structlog
 
 from server._files import secure_database
-from server.store._exceptions import StoreError
+from server.store._codec import settings_from_json, settings_to_json
+from server.store._config import SqliteConfig
+from server.store._exceptions import LeaseLost, StoreError
 from server.store._records import (
     ClickOutcome,
     ConversionOutcome,
     DeliveryCounters,
+    DueWorkspace,
     EventKind,
     FailedEventRecord,
     Identifiers,
     IntegrationRecord,
     IntegrationSettings,
     IntegrationState,
+    Lease,
+    LeaseHandover,
     NewClick,
     NewConversion,
     OutboxEvent,
-    PayloadDecoder,
 )
+from server.store.sqlite._connection import NOW, WriteLock, connect, migrate
+from server.store.sqlite._intake import insert_clicks, insert_conversion
 
 _log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -51,23 +50,6 @@ T = TypeVar("T")
 QUEUED: Final = 0
 FAILED: Final = 1
 _MAX_GROUP: Final = 64
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-@dataclass(frozen=True, slots=True)
-class SqliteConfig:
-    """Where and how durably the store writes."""
-
-    path: Path
-    # FULL fsyncs the WAL at every commit: an ack survives power loss, not only a crash.
-    synchronous: str = "FULL"
-    attribution_window_s: float = 90 * 86400.0
-    busy_timeout_ms: int = 5000
-
-
-_INSERT_OUTBOX: Final = """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at,
-    created_at, email, phone_number, external_id, kx, payload, value, currency, next_attempt_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
 class _Op:
@@ -79,77 +61,19 @@ class _Op:
         self.group = group
 
 
-def _settings_to_json(settings: IntegrationSettings) -> str:
-    data = asdict(settings)
-    data["email_parameters"] = list(settings.email_parameters)
-    return _dumps(data)
-
-
-def _settings_from_json(text: str) -> IntegrationSettings:
-    data = json.loads(text)
-    data["email_parameters"] = tuple(data.get("email_parameters", ()))
-    return IntegrationSettings(**data)
-
-
 def _integration(row: sqlite3.Row) -> IntegrationRecord:
     return IntegrationRecord(
         workspace_id=row["workspace_id"],
         ciphertext=row["ciphertext"],
         key_fingerprint=row["key_fingerprint"],
         key_version=row["key_version"],
-        settings=_settings_from_json(row["settings"]),
+        settings=settings_from_json(row["settings"]),
         state=IntegrationState(row["state"]),
         state_reason=row["state_reason"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        account=row["account"],
     )
-
-
-def connect(config: SqliteConfig) -> sqlite3.Connection:
-    """A connection with the store's pragmas (WAL, durability, busy timeout, bounded cache)."""
-    conn = sqlite3.connect(config.path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={config.synchronous}")
-    conn.execute(f"PRAGMA busy_timeout={int(config.busy_timeout_ms)}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA cache_size=-32000")  # 32 MB: bounded, whatever the backlog.
-    return conn
-
-
-class WriteLock:
-    """Takes turns among the processes writing one database file.
-
-    SQLite lets one writer in at a time and makes the others poll with growing sleeps (up
-    to 100 ms); with several intake processes that polling, not the work, set the pace. A
-    blocking ``flock`` on a file beside the database hands the turn over the moment it is
-    free. Writers that do not take it (a manual ``sqlite3`` session) still meet SQLite's
-    own lock and busy timeout.
-    """
-
-    def __init__(self, db_path: Path) -> None:
-        self._fd = os.open(f"{db_path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
-
-    def __enter__(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc_info: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        """Release the file descriptor."""
-        os.close(self._fd)
-
-
-def integrations_version(conn: sqlite3.Connection) -> int:
-    """The counter that moves whenever an integration is created, changed or removed."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'integrations_version'").fetchone()
-    return int(row[0])
-
-
-def load_settings(conn: sqlite3.Connection) -> dict[str, IntegrationSettings]:
-    """Every integration's settings, by workspace id."""
-    rows = conn.execute("SELECT workspace_id, settings FROM integrations")
-    return {workspace_id: _settings_from_json(text) for workspace_id, text in rows}
 
 
 def _note_error(conn: sqlite3.Connection, workspace_id: str, error: str, now: float) -> None:
@@ -160,112 +84,32 @@ def _note_error(conn: sqlite3.Connection, workspace_id: str, error: str, now: fl
     )
 
 
-_BUMP_VERSION: Final = "UPDATE meta SET value = value + 1 WHERE key = 'integrations_version'"
-
-
-def insert_clicks(
-    conn: sqlite3.Connection,
-    clicks: Sequence[NewClick],
-    settings: Mapping[str, IntegrationSettings],
-    now: float,
-    expires: float,
-) -> list[ClickOutcome]:
-    """Index and queue ``clicks`` inside the caller's transaction; one outcome per click.
-
-    Shared by the store thread and the intake worker processes, so both decide a click's
-    fate the same way: no integration, duplicate (in the index or earlier in the batch),
-    anonymous (indexed, not queued) or queued.
-    """
-    outcomes: list[ClickOutcome] = [ClickOutcome.NO_INTEGRATION] * len(clicks)
-    by_workspace: dict[str, list[int]] = defaultdict(list)
-    for i, click in enumerate(clicks):
-        if click.workspace_id in settings:
-            by_workspace[click.workspace_id].append(i)
-    index_rows: list[tuple[Any, ...]] = []
-    outbox_rows: list[tuple[Any, ...]] = []
-    anonymous: dict[str, int] = defaultdict(int)
-    for workspace_id, positions in by_workspace.items():
-        ids = [clicks[i].click_id for i in positions]
-        seen: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            seen.update(
-                r[0]
-                for r in conn.execute(
-                    f"SELECT click_id FROM clicks WHERE workspace_id = ? AND click_id IN ({marks})",  # noqa: S608 - only placeholders are interpolated
-                    (workspace_id, *chunk),
-                )
-            )
-        click_kind = EventKind.CLICK.value
-        for i in positions:
-            click = clicks[i]
-            click_id = click.click_id
-            if click_id in seen:
-                outcomes[i] = ClickOutcome.DUPLICATE
-                continue
-            seen.add(click_id)
-            who = click.identifiers
-            email, phone, external, kx = (
-                who.email,
-                who.phone_number,
-                who.external_id,
-                who.kx,
-            )
-            index_rows.append(
-                (
-                    workspace_id,
-                    click_id,
-                    email,
-                    phone,
-                    external,
-                    kx,
-                    click.click_time,
-                    expires,
-                )
-            )
-            if email or phone or external or kx:
-                outcomes[i] = ClickOutcome.QUEUED
-                outbox_rows.append(
-                    (workspace_id, click_kind, click_id, click.click_time, now,
-                     email, phone, external, kx, click.payload, None, "", now)
-                )  # fmt: skip
-            else:
-                outcomes[i] = ClickOutcome.ANONYMOUS
-                anonymous[workspace_id] += 1
-    if index_rows:
-        conn.executemany("INSERT INTO clicks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", index_rows)
-    if outbox_rows:
-        conn.executemany(_INSERT_OUTBOX, outbox_rows)
-    if anonymous:
-        conn.executemany(
-            "UPDATE integrations SET anonymous_count = anonymous_count + ? WHERE workspace_id = ?",
-            [(n, ws) for ws, n in anonymous.items()],
-        )
-    return outcomes
+def _fence(conn: sqlite3.Connection, lease: Lease) -> None:
+    """Refuse the write unless ``lease`` is still held (inside the write transaction)."""
+    if (
+        conn.execute(
+            "SELECT 1 FROM leases WHERE name = ? AND owner = ? AND token = ?",
+            (lease.name, lease.owner, lease.token),
+        ).fetchone()
+        is None
+    ):
+        raise LeaseLost(f"lease {lease.name} changed hands")
 
 
 class SqliteStore:
     """The store on one SQLite file."""
 
-    def __init__(self, config: SqliteConfig, decode: PayloadDecoder) -> None:
+    def __init__(self, config: SqliteConfig) -> None:
         self._config = config
-        self._decode = decode
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._write_lock: WriteLock | None = None
-        # Which workspaces have an integration, and their settings: consulted for every click,
-        # so kept in memory. Only this process changes integrations (intake workers only add
-        # clicks), so it stays exact.
+        # Settings by workspace, for extracting identifiers before a commit (a hint only:
+        # intake decides "no integration" in its transaction). Refreshed by every intake
+        # transaction, so another process's changes show up with the next click.
         self._settings: dict[str, IntegrationSettings] = {}
 
     # -- thread plumbing -------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        self._config.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(self._config)
-        conn.row_factory = sqlite3.Row
-        return conn
-
     def _run(self, conn: sqlite3.Connection) -> None:
         while True:
             op = self._ops.get()
@@ -329,7 +173,7 @@ class SqliteStore:
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             return op, None, StoreError(str(exc))
-        except Exception as exc:  # a bug in the op: its caller sees it as it is
+        except Exception as exc:  # LeaseLost, or a bug in the op: its caller sees it as it is
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             return op, None, exc
@@ -345,11 +189,18 @@ class SqliteStore:
 
     async def open(self) -> None:
         secure_database(self._config.path)  # 0600 file, 0700 folder; -wal/-shm inherit it
-        conn = self._connect()
-        self._write_lock = WriteLock(self._config.path)
-        with self._write_lock:
-            self._migrate(conn)
-        self._settings.update(load_settings(conn))
+        try:
+            conn = connect(self._config)
+            conn.row_factory = sqlite3.Row
+            self._write_lock = WriteLock(self._config)
+            with self._write_lock:
+                migrate(conn)
+            for workspace_id, text in conn.execute(
+                "SELECT workspace_id, settings FROM integrations"
+            ):
+                self._settings[workspace_id] = settings_from_json(text)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self._config.path}: {exc}") from None
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="sqlite-store", daemon=True
         )
@@ -364,39 +215,22 @@ class SqliteStore:
             self._write_lock.close()
             self._write_lock = None
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
-        )
-        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        files = sorted(
-            (
-                f
-                for f in resources.files("server.store.migrations").iterdir()
-                if f.name.endswith(".sql")
-            ),
-            key=lambda f: f.name,
-        )
-        for f in files:
-            version = int(f.name.split("_", 1)[0])
-            if version in applied:
-                continue
-            # One script, one transaction: a migration applies whole or not at all.
-            try:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{f.read_text()}\n"
-                    f"INSERT INTO schema_migrations VALUES ({version}, '{f.name}');\nCOMMIT;"
-                )
-            except Exception:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            _log.info("schema migration applied", migration=f.name)
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        # Processes sharing one file have no channel to each other; this process's own
+        # intake wakes its delivery directly, and the others poll.
+        return
 
     # -- integrations ----------------------------------------------------------------------
     def settings_for(self, workspace_id: str) -> IntegrationSettings | None:
         return self._settings.get(workspace_id)
+
+    def _learn(self, batch: Sequence[NewClick], found: dict[str, IntegrationSettings]) -> None:
+        for click in batch:
+            ws = click.workspace_id
+            if ws in found:
+                self._settings[ws] = found[ws]
+            else:
+                self._settings.pop(ws, None)
 
     async def upsert_integration(
         self,
@@ -404,6 +238,7 @@ class SqliteStore:
         ciphertext: str,
         key_fingerprint: str,
         key_version: int,
+        account: str,
         settings: IntegrationSettings,
         now: float,
     ) -> tuple[IntegrationRecord, bool]:
@@ -416,29 +251,20 @@ class SqliteStore:
             )
             conn.execute(
                 """INSERT INTO integrations (workspace_id, ciphertext, key_fingerprint, key_version,
-                       settings, state, state_reason, created_at, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, '', ?, ?)
+                       settings, state, state_reason, created_at, updated_at, account)
+                   VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?)
                    ON CONFLICT (workspace_id) DO UPDATE SET ciphertext = excluded.ciphertext,
                        key_fingerprint = excluded.key_fingerprint, key_version = excluded.key_version,
                        settings = excluded.settings, state = excluded.state, state_reason = '',
-                       updated_at = excluded.updated_at""",
-                (
-                    workspace_id,
-                    ciphertext,
-                    key_fingerprint,
-                    key_version,
-                    _settings_to_json(settings),
-                    IntegrationState.ACTIVE.value,
-                    now,
-                    now,
-                ),
-            )
+                       updated_at = excluded.updated_at, account = excluded.account""",
+                (workspace_id, ciphertext, key_fingerprint, key_version, settings_to_json(settings),
+                 IntegrationState.ACTIVE.value, now, now, account),
+            )  # fmt: skip
             # Events held while the old key was rejected are due again with the new key.
             conn.execute(
                 "UPDATE outbox SET next_attempt_at = ? WHERE workspace_id = ? AND status = ? AND next_attempt_at > ?",
                 (now, workspace_id, QUEUED, now),
             )
-            conn.execute(_BUMP_VERSION)
             row = conn.execute(
                 "SELECT * FROM integrations WHERE workspace_id = ?", (workspace_id,)
             ).fetchone()
@@ -468,10 +294,6 @@ class SqliteStore:
         return await self._call(op)
 
     async def delete_integration(self, workspace_id: str) -> int | None:
-        # Forget the settings first: clicks arriving from now on answer NO_INTEGRATION rather
-        # than being queued behind a deletion that would drop them.
-        previous = self._settings.pop(workspace_id, None)
-
         def op(conn: sqlite3.Connection) -> int | None:
             if (
                 conn.execute(
@@ -483,16 +305,10 @@ class SqliteStore:
             dropped = conn.execute(
                 "DELETE FROM outbox WHERE workspace_id = ?", (workspace_id,)
             ).rowcount
-            conn.execute("DELETE FROM leases WHERE workspace_id = ?", (workspace_id,))
-            conn.execute(_BUMP_VERSION)
             return int(dropped)
 
-        try:
-            result = await self._call(op)
-        except BaseException:
-            if previous is not None:
-                self._settings[workspace_id] = previous
-            raise
+        result = await self._call(op)
+        self._settings.pop(workspace_id, None)
         return result
 
     async def replace_ciphertext(
@@ -510,25 +326,14 @@ class SqliteStore:
 
         return await self._call(op)
 
-    async def reject_key(self, workspace_id: str, ciphertext: str, reason: str, now: float) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
-            return (
-                conn.execute(
-                    """UPDATE integrations SET state = ?, state_reason = ?, last_error = ?, last_error_at = ?
-                   WHERE workspace_id = ? AND ciphertext = ?""",
-                    (
-                        IntegrationState.KEY_REJECTED.value,
-                        reason,
-                        reason,
-                        now,
-                        workspace_id,
-                        ciphertext,
-                    ),
-                ).rowcount
-                == 1
+    async def set_account(self, workspace_id: str, ciphertext: str, account: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE integrations SET account = ? WHERE workspace_id = ? AND ciphertext = ?",
+                (account, workspace_id, ciphertext),
             )
 
-        return await self._call(op)
+        await self._call(op)
 
     async def delivery_counters(self, workspace_id: str) -> DeliveryCounters:
         def op(conn: sqlite3.Connection) -> DeliveryCounters:
@@ -559,123 +364,117 @@ class SqliteStore:
 
     # -- intake ----------------------------------------------------------------------------
     async def take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
-        settings = self._settings
         expires = now + self._config.attribution_window_s
 
-        def op(conn: sqlite3.Connection) -> list[ClickOutcome]:
-            return insert_clicks(conn, clicks, settings, now, expires)
+        def op(conn: sqlite3.Connection) -> tuple[list[ClickOutcome], dict[str, Any]]:
+            return insert_clicks(conn, clicks, now, expires)
 
-        return await self._call(op, group=True)
+        outcomes, found = await self._call(op, group=True)
+        self._learn(clicks, found)
+        return outcomes
 
     async def take_conversion(self, conversion: NewConversion, now: float) -> ConversionOutcome:
         expires = now + self._config.attribution_window_s
 
         def op(conn: sqlite3.Connection) -> ConversionOutcome:
-            ws = conversion.workspace_id
-            if ws not in self._settings:
-                return ConversionOutcome.NO_INTEGRATION
-            if conn.execute(
-                "SELECT 1 FROM conversions WHERE workspace_id = ? AND conversion_id = ?",
-                (ws, conversion.conversion_id),
-            ).fetchone():
-                return ConversionOutcome.DUPLICATE
-            identifiers = conversion.identifiers
-            if conversion.click_id:
-                row = conn.execute(
-                    """SELECT email, phone_number, external_id, kx FROM clicks
-                       WHERE workspace_id = ? AND click_id = ?""",
-                    (ws, conversion.click_id),
-                ).fetchone()
-                if row is not None:
-                    # The recorded click identifies the person who clicked: it wins.
-                    identifiers = Identifiers(*row).merged_over(identifiers)
-            conn.execute(
-                "INSERT INTO conversions VALUES (?, ?, ?)", (ws, conversion.conversion_id, expires)
-            )
-            if not identifiers.any():
-                return ConversionOutcome.UNATTRIBUTED
-            conn.execute(
-                _INSERT_OUTBOX,
-                (ws, EventKind.CONVERSION.value, conversion.conversion_id,
-                 conversion.conversion_time, now, identifiers.email, identifiers.phone_number,
-                 identifiers.external_id, identifiers.kx,
-                 _dumps(dict(conversion.properties)).encode(), conversion.value,
-                 conversion.currency, now),
-            )  # fmt: skip
-            return ConversionOutcome.QUEUED
+            return insert_conversion(conn, conversion, now, expires)
 
         return await self._call(op, group=True)
 
-    # -- delivery --------------------------------------------------------------------------
-    async def acquire_lease(self, workspace_id: str, owner: str, ttl_s: float, now: float) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
-            return (
-                conn.execute(
-                    """INSERT INTO leases VALUES (?, ?, ?)
-                   ON CONFLICT (workspace_id) DO UPDATE SET owner = excluded.owner,
-                       expires_at = excluded.expires_at
-                   WHERE leases.owner = excluded.owner OR leases.expires_at < ?""",
-                    (workspace_id, owner, now + ttl_s, now),
-                ).rowcount
-                == 1
-            )
+    # -- leases ----------------------------------------------------------------------------
+    async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> Lease | None:
+        def op(conn: sqlite3.Connection) -> Lease | None:
+            before = conn.execute(
+                f"SELECT usage, {NOW} - usage_at, expires_at - {NOW} FROM leases WHERE name = ?",  # noqa: S608 - NOW is a constant expression
+                (name,),
+            ).fetchone()
+            row = conn.execute(
+                f"""INSERT INTO leases (name, owner, token, expires_at) VALUES (?, ?, 1, {NOW} + ?)
+                   ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,
+                       token = leases.token + 1, expires_at = excluded.expires_at
+                   WHERE leases.owner = excluded.owner OR leases.expires_at < {NOW}
+                   RETURNING token, expires_at""",  # noqa: S608 - NOW is a constant expression
+                (name, owner, ttl_s),
+            ).fetchone()
+            if row is None:
+                return None
+            handover = None
+            if before is not None:
+                handover = LeaseHandover(before[0], before[1] or 0.0, before[2])
+            return Lease(name, owner, row[0], row[1], ttl_s, handover)
 
         return await self._call(op)
 
-    async def release_lease(self, workspace_id: str, owner: str) -> None:
+    async def renew_lease(self, lease: Lease, usage: str = "") -> Lease | None:
+        def op(conn: sqlite3.Connection) -> Lease | None:
+            row = conn.execute(
+                f"""UPDATE leases SET expires_at = {NOW} + ?, usage = ?, usage_at = {NOW}
+                   WHERE name = ? AND owner = ? AND token = ? RETURNING expires_at""",  # noqa: S608 - NOW is a constant expression
+                (lease.ttl_s, usage, lease.name, lease.owner, lease.token),
+            ).fetchone()
+            if row is None:
+                return None
+            return Lease(lease.name, lease.owner, lease.token, row[0], lease.ttl_s)
+
+        return await self._call(op)
+
+    async def release_lease(self, lease: Lease, usage: str = "") -> None:
         def op(conn: sqlite3.Connection) -> None:
+            # Expire rather than delete: the token must keep growing across holders.
             conn.execute(
-                "DELETE FROM leases WHERE workspace_id = ? AND owner = ?", (workspace_id, owner)
+                f"""UPDATE leases SET expires_at = 0, usage = ?, usage_at = {NOW}
+                   WHERE name = ? AND owner = ? AND token = ?""",  # noqa: S608 - NOW is a constant expression
+                (usage, lease.name, lease.owner, lease.token),
             )
 
         await self._call(op)
 
-    async def workspaces_with_due_events(self, now: float) -> list[str]:
-        def op(conn: sqlite3.Connection) -> list[str]:
+    # -- delivery --------------------------------------------------------------------------
+    async def workspaces_with_due_events(self, now: float) -> list[DueWorkspace]:
+        def op(conn: sqlite3.Connection) -> list[DueWorkspace]:
             rows = conn.execute(
-                """SELECT workspace_id FROM integrations i WHERE state = ? AND EXISTS (
+                """SELECT workspace_id, account FROM integrations i WHERE state = ? AND EXISTS (
                        SELECT 1 FROM outbox o WHERE o.workspace_id = i.workspace_id
                        AND o.status = ? AND o.next_attempt_at <= ?)""",
                 (IntegrationState.ACTIVE.value, QUEUED, now),
             )
-            return [r[0] for r in rows]
+            return [DueWorkspace(r[0], r[1]) for r in rows]
 
         return await self._call(op)
 
     async def due_events(self, workspace_id: str, now: float, limit: int) -> list[OutboxEvent]:
-        settings = self._settings.get(workspace_id, IntegrationSettings())
-
-        def op(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
+        def op(conn: sqlite3.Connection) -> list[OutboxEvent]:
+            rows = conn.execute(
                 """SELECT event_id, kind, source_id, occurred_at, created_at, payload,
                           value, currency, attempts, email, phone_number, external_id, kx
                    FROM outbox WHERE workspace_id = ? AND status = ? AND next_attempt_at <= ?
                    ORDER BY next_attempt_at, event_id LIMIT ?""",
                 (workspace_id, QUEUED, now, limit),
             ).fetchall()
+            return [
+                OutboxEvent(
+                    event_id=r[0],
+                    workspace_id=workspace_id,
+                    kind=EventKind(r[1]),
+                    source_id=r[2],
+                    occurred_at=r[3],
+                    created_at=r[4],
+                    identifiers=Identifiers(r[9], r[10], r[11], r[12]),
+                    payload=r[5],
+                    value=r[6],
+                    currency=r[7],
+                    attempts=r[8],
+                )
+                for r in rows
+            ]
 
-        rows = await self._call(op)
-        # Decoded here, not on the store thread: decoding thousands of payloads there would
-        # hold up every other workspace's intake and delivery behind this one's backlog.
-        return [
-            OutboxEvent(
-                event_id=r[0],
-                workspace_id=workspace_id,
-                kind=(kind := EventKind(r[1])),
-                source_id=r[2],
-                occurred_at=r[3],
-                created_at=r[4],
-                identifiers=Identifiers(r[9], r[10], r[11], r[12]),
-                properties=self._decode(kind, r[5], settings),
-                value=r[6],
-                currency=r[7],
-                attempts=r[8],
-            )
-            for r in rows
-        ]
+        return await self._call(op)
 
-    async def mark_delivered(self, workspace_id: str, event_ids: Sequence[int], now: float) -> None:
+    async def mark_delivered(
+        self, lease: Lease, workspace_id: str, event_ids: Sequence[int], now: float
+    ) -> None:
         def op(conn: sqlite3.Connection) -> None:
+            _fence(conn, lease)
             deleted = conn.executemany(
                 "DELETE FROM outbox WHERE event_id = ? AND workspace_id = ?",
                 [(e, workspace_id) for e in event_ids],
@@ -690,6 +489,7 @@ class SqliteStore:
 
     async def mark_retry(
         self,
+        lease: Lease,
         workspace_id: str,
         event_ids: Sequence[int],
         next_attempt_at: float,
@@ -700,6 +500,7 @@ class SqliteStore:
         step = 1 if count_attempt else 0
 
         def op(conn: sqlite3.Connection) -> None:
+            _fence(conn, lease)
             conn.executemany(
                 """UPDATE outbox SET attempts = attempts + ?, next_attempt_at = ?, last_error = ?
                    WHERE event_id = ? AND workspace_id = ?""",
@@ -710,9 +511,10 @@ class SqliteStore:
         await self._call(op, group=True)
 
     async def mark_failed(
-        self, workspace_id: str, event_ids: Sequence[int], error: str, now: float
+        self, lease: Lease, workspace_id: str, event_ids: Sequence[int], error: str, now: float
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
+            _fence(conn, lease)
             conn.executemany(
                 """UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ?, failed_at = ?
                    WHERE event_id = ? AND workspace_id = ?""",
@@ -722,6 +524,24 @@ class SqliteStore:
 
         await self._call(op, group=True)
 
+    async def reject_key(
+        self, lease: Lease, workspace_id: str, ciphertext: str, reason: str, now: float
+    ) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            _fence(conn, lease)
+            return (
+                conn.execute(
+                    """UPDATE integrations SET state = ?, state_reason = ?, last_error = ?, last_error_at = ?
+                   WHERE workspace_id = ? AND ciphertext = ?""",
+                    (IntegrationState.KEY_REJECTED.value, reason, reason, now, workspace_id,
+                     ciphertext),
+                ).rowcount
+                == 1
+            )  # fmt: skip
+
+        return await self._call(op)
+
+    # -- failed events ---------------------------------------------------------------------
     async def list_failed(
         self, workspace_id: str, after_event_id: int, limit: int
     ) -> list[FailedEventRecord]:
