@@ -18,7 +18,11 @@ from prometheus_client import start_http_server
 from server import _tracing as tracing
 from server._auth import TokenRegistry
 from server._config import ConfigError, ForwarderConfig
-from server._interceptors import AuthInterceptor, ObservabilityInterceptor, StreamLimitInterceptor
+from server._interceptors import (
+    AuthInterceptor,
+    ObservabilityInterceptor,
+    StreamLimitInterceptor,
+)
 from server._metrics import (
     ACTIVE_LEASES,
     HOUSEKEEPING_LAST_SUCCESS,

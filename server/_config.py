@@ -120,12 +120,12 @@ def _server_config(env: Env) -> ServerConfig:
         log_format="json" if log_format == "json" else "console",
         log_level=env.choice("FORWARDER_LOG_LEVEL", "info", LOG_LEVELS),
         port_file=env.path("FORWARDER_PORT_FILE"),
-        max_streams_per_caller=env.integer("FORWARDER_MAX_STREAMS_PER_CALLER", 64, minimum=1),
-        stream_idle_timeout_s=env.positive("FORWARDER_STREAM_IDLE_TIMEOUT_S", 120.0),
-        keepalive_s=env.number("FORWARDER_KEEPALIVE_S", 60.0, minimum=1),
         intake_workers=env.integer(
             "FORWARDER_INTAKE_WORKERS", DEFAULT_INTAKE_WORKERS, minimum=0, maximum=64
         ),
+        max_streams_per_caller=env.integer("FORWARDER_MAX_STREAMS_PER_CALLER", 64, minimum=1),
+        stream_idle_timeout_s=env.positive("FORWARDER_STREAM_IDLE_TIMEOUT_S", 120.0),
+        keepalive_s=env.number("FORWARDER_KEEPALIVE_S", 60.0, minimum=1),
     )
 
 

@@ -478,7 +478,7 @@ class PostgresStore:
     async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> Lease | None:
         async with self._transaction() as cur:
             await cur.execute(
-                f"""SELECT usage, {NOW} - usage_at, expires_at - {NOW} FROM leases
+                f"""SELECT usage, token, {NOW} - usage_at, expires_at - {NOW} FROM leases
                    WHERE name = %s FOR UPDATE""",  # noqa: S608 - NOW is a constant expression
                 (name,),
             )
@@ -496,7 +496,7 @@ class PostgresStore:
             return None
         handover = None
         if before is not None:
-            handover = LeaseHandover(before[0], before[1] or 0.0, before[2])
+            handover = LeaseHandover(before[0], before[1], before[2] or 0.0, before[3])
         return Lease(name, owner, row[0], row[1], ttl_s, handover)
 
     async def renew_lease(self, lease: Lease, usage: str = "") -> Lease | None:

@@ -385,7 +385,7 @@ class SqliteStore:
     async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> Lease | None:
         def op(conn: sqlite3.Connection) -> Lease | None:
             before = conn.execute(
-                f"SELECT usage, {NOW} - usage_at, expires_at - {NOW} FROM leases WHERE name = ?",  # noqa: S608 - NOW is a constant expression
+                f"SELECT usage, token, {NOW} - usage_at, expires_at - {NOW} FROM leases WHERE name = ?",  # noqa: S608 - NOW is a constant expression
                 (name,),
             ).fetchone()
             row = conn.execute(
@@ -400,7 +400,7 @@ class SqliteStore:
                 return None
             handover = None
             if before is not None:
-                handover = LeaseHandover(before[0], before[1] or 0.0, before[2])
+                handover = LeaseHandover(before[0], before[1], before[2] or 0.0, before[3])
             return Lease(name, owner, row[0], row[1], ttl_s, handover)
 
         return await self._call(op)
