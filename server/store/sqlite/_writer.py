@@ -31,7 +31,19 @@ class SqliteClickWriter:
         self._lock = WriteLock(config)
 
     def settings_for(self, workspace_id: str) -> IntegrationSettings | None:
-        return self._settings.get(workspace_id)
+        settings = self._settings.get(workspace_id)
+        if settings is None:
+            # A workspace registered since this worker started: read its settings now, not
+            # after its first commit — validation needs them (e.g. default_phone_region).
+            try:
+                row = self._conn.execute(
+                    "SELECT settings FROM integrations WHERE workspace_id = ?", (workspace_id,)
+                ).fetchone()
+            except sqlite3.Error:
+                return None
+            if row is not None:
+                settings = self._settings[workspace_id] = settings_from_json(row[0])
+        return settings
 
     def take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
         expires = now + self._config.attribution_window_s
