@@ -44,6 +44,7 @@ METHOD_ROLES: Final[Mapping[str, Role]] = {
             "RewrapKeys",
             "ListFailedEvents",
             "ReplayFailedEvents",
+            "ErasePersonalData",
         )
     },
     **{

@@ -421,12 +421,44 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     async def ReplayFailedEvents(
         self, request: pb.ReplayFailedEventsRequest, context: Context
     ) -> pb.ReplayFailedEventsResponse:
-        admin.require_workspace_id(request.workspace_id)
-        ids = admin.event_ids(list(request.event_ids), request.all)
+        ids, selection = admin.replay_selection(request)
         if await self._store.get_integration(request.workspace_id) is None:
             raise not_found(request.workspace_id)
-        replayed = await self._store.replay_failed(request.workspace_id, ids, time.time())
-        if replayed:
+        replayed = await self._store.replay_failed(
+            request.workspace_id, ids, time.time(), selection=selection, dry_run=request.dry_run
+        )
+        if replayed and not request.dry_run:
             self._wakeup.notify()
-        _log.info("failed events replayed", workspace_id=request.workspace_id, count=replayed)
-        return pb.ReplayFailedEventsResponse(replayed_count=replayed)
+        _log.info(
+            "failed events replayed",
+            workspace_id=request.workspace_id,
+            count=replayed,
+            dry_run=request.dry_run,
+        )
+        return pb.ReplayFailedEventsResponse(replayed_count=replayed, dry_run=request.dry_run)
+
+    # -- erasure -------------------------------------------------------------------------
+    @_handles_errors
+    async def ErasePersonalData(
+        self, request: pb.ErasePersonalDataRequest, context: Context
+    ) -> pb.ErasePersonalDataResponse:
+        # No NOT_FOUND for a workspace without an integration: its click index outlives a
+        # removed integration, and an erasure must reach it. The log names counts only.
+        workspace_id, targets = admin.erasure_targets(request)
+        counts = await self._store.erase_identifiers(workspace_id, targets)
+        _log.info(
+            "personal data erased",
+            workspace_id=workspace_id or "*",
+            identifiers=len(targets.emails)
+            + len(targets.phone_numbers)
+            + len(targets.external_ids)
+            + len(targets.kxs),
+            clicks=counts.clicks,
+            queued_events=counts.queued_events,
+            failed_events=counts.failed_events,
+        )
+        return pb.ErasePersonalDataResponse(
+            erased_click_count=counts.clicks,
+            erased_queued_count=counts.queued_events,
+            erased_failed_count=counts.failed_events,
+        )

@@ -25,7 +25,10 @@ from server.store._records import (
     ConversionOutcome,
     DeliveryCounters,
     DueWorkspace,
+    ErasureCounts,
+    ErasureTargets,
     FailedEventRecord,
+    FailedSelection,
     IntegrationRecord,
     IntegrationSettings,
     Lease,
@@ -169,9 +172,28 @@ class Store(Protocol):
         """Failed events with id > ``after_event_id``, oldest first."""
 
     async def replay_failed(
-        self, workspace_id: str, event_ids: Sequence[int] | None, now: float
+        self,
+        workspace_id: str,
+        event_ids: Sequence[int] | None,
+        now: float,
+        *,
+        selection: FailedSelection | None = None,
+        dry_run: bool = False,
     ) -> int:
-        """Queue failed events again (all of the workspace's if ``event_ids`` is None)."""
+        """Queue failed events again: those named by ``event_ids`` (None: any) that also
+        match ``selection``. Their ``unique_id`` (source id) and times are kept, so Klaviyo
+        dedupes a repeat and stale ones still go as backfill. With ``dry_run`` nothing
+        changes; the count is how many would be replayed."""
+
+    # -- erasure ---------------------------------------------------------------------------
+    async def erase_identifiers(
+        self, workspace_id: str | None, targets: ErasureTargets
+    ) -> ErasureCounts:
+        """Delete the click-index entries and the undelivered (queued, held or failed) events
+        carrying any of ``targets``, in one workspace or (None) in all; durable on return,
+        and no copy of the deleted rows left readable in the store's files where the
+        backend can promise it (SQLite: secure_delete and a truncating WAL checkpoint;
+        PostgreSQL: a plain VACUUM of the touched tables, see docs/operator.md)."""
 
     # -- housekeeping --------------------------------------------------------------------
     async def prune(self, now: float) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from server.store._records import (
     ClickOutcome,
@@ -124,3 +125,12 @@ def decide_conversion(
     if not identifiers.any():
         return ConversionDecision(ConversionOutcome.UNATTRIBUTED, record=True)
     return ConversionDecision(ConversionOutcome.QUEUED, identifiers, record=True)
+
+
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(value: str) -> str:
+    """``value`` with ASCII letters lower-cased only: what SQLite's NOCASE and PostgreSQL's
+    ``lower(x COLLATE "C")`` compare, so both backends match an erased email alike."""
+    return value.translate(_ASCII_LOWER)

@@ -1105,20 +1105,44 @@ Global___ListFailedEventsResponse: _TypeAlias = ListFailedEventsResponse  # noqa
 
 @_typing.final
 class ReplayFailedEventsRequest(_message.Message):
-    """Request for ReplayFailedEvents."""
+    """Request for ReplayFailedEvents. Name events (`event_ids`), select them (the `failed_*`,
+    `error_contains` and `kind` filters, all of which must hold, together with `event_ids` when
+    given), or set `all`; `all` cannot be combined with ids or filters.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     ALL_FIELD_NUMBER: _builtins.int
+    FAILED_AFTER_FIELD_NUMBER: _builtins.int
+    FAILED_BEFORE_FIELD_NUMBER: _builtins.int
+    ERROR_CONTAINS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace whose failed events are replayed."""
     all: _builtins.bool
     """Replay every failed event of the workspace."""
+    error_contains: _builtins.str
+    """Only events whose last error contains this text (ASCII letters compared ignoring case),
+    e.g. `Klaviyo 400` or `expired`; 1-256 printable characters.
+    """
+    kind: Global___EventKind.ValueType
+    """Only events of this kind; EVENT_KIND_UNSPECIFIED means both."""
+    dry_run: _builtins.bool
+    """Count the events that would be replayed, and change nothing."""
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The events to replay; must be empty when `all` is set."""
+        """The events to replay (at most 1000); must be empty when `all` is set."""
+
+    @_builtins.property
+    def failed_after(self) -> _timestamp_pb2.Timestamp:
+        """Only events that failed at or after this time."""
+
+    @_builtins.property
+    def failed_before(self) -> _timestamp_pb2.Timestamp:
+        """Only events that failed before this time; later than `failed_after` when both are set."""
 
     def __init__(
         self,
@@ -1126,10 +1150,15 @@ class ReplayFailedEventsRequest(_message.Message):
         workspace_id: _builtins.str = ...,
         event_ids: _abc.Iterable[_builtins.str] | None = ...,
         all: _builtins.bool = ...,
+        failed_after: _timestamp_pb2.Timestamp | None = ...,
+        failed_before: _timestamp_pb2.Timestamp | None = ...,
+        error_contains: _builtins.str = ...,
+        kind: Global___EventKind.ValueType = ...,
+        dry_run: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failed_after", b"failed_after", "failed_before", b"failed_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "event_ids", b"event_ids", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "dry_run", b"dry_run", "error_contains", b"error_contains", "event_ids", b"event_ids", "failed_after", b"failed_after", "failed_before", b"failed_before", "kind", b"kind", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1142,17 +1171,105 @@ class ReplayFailedEventsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REPLAYED_COUNT_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
     replayed_count: _builtins.int
-    """Events put back in the delivery queue."""
+    """Events put back in the delivery queue; with `dry_run`, events that would have been."""
+    dry_run: _builtins.bool
+    """Echoes the request's `dry_run`: true when nothing was changed."""
     def __init__(
         self,
         *,
         replayed_count: _builtins.int = ...,
+        dry_run: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed_count", b"replayed_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "replayed_count", b"replayed_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplayFailedEventsResponse: _TypeAlias = ReplayFailedEventsResponse  # noqa: Y015
+
+@_typing.final
+class ErasePersonalDataRequest(_message.Message):
+    """Request for ErasePersonalData. At least one identifier, at most 100 in all; each is matched
+    in the form intake stores: emails NFC-normalised and compared ignoring the case of ASCII
+    letters, phone numbers in E.164 (they must carry their country code, e.g. `+14155550100`),
+    external ids and `_kx` values exactly.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    ALL_WORKSPACES_FIELD_NUMBER: _builtins.int
+    EMAILS_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBERS_FIELD_NUMBER: _builtins.int
+    EXTERNAL_IDS_FIELD_NUMBER: _builtins.int
+    KXS_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """The workspace whose data is erased; empty only with `all_workspaces`."""
+    all_workspaces: _builtins.bool
+    """Erase in every workspace (the identifiers of one person may appear in several)."""
+    @_builtins.property
+    def emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The person's email addresses."""
+
+    @_builtins.property
+    def phone_numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The person's phone numbers, in international form."""
+
+    @_builtins.property
+    def external_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The person's external ids."""
+
+    @_builtins.property
+    def kxs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The person's Klaviyo exchange ids (`_kx` link parameter values)."""
+
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        all_workspaces: _builtins.bool = ...,
+        emails: _abc.Iterable[_builtins.str] | None = ...,
+        phone_numbers: _abc.Iterable[_builtins.str] | None = ...,
+        external_ids: _abc.Iterable[_builtins.str] | None = ...,
+        kxs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_workspaces", b"all_workspaces", "emails", b"emails", "external_ids", b"external_ids", "kxs", b"kxs", "phone_numbers", b"phone_numbers", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasePersonalDataRequest: _TypeAlias = ErasePersonalDataRequest  # noqa: Y015
+
+@_typing.final
+class ErasePersonalDataResponse(_message.Message):
+    """Response for ErasePersonalData: what was deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERASED_CLICK_COUNT_FIELD_NUMBER: _builtins.int
+    ERASED_QUEUED_COUNT_FIELD_NUMBER: _builtins.int
+    ERASED_FAILED_COUNT_FIELD_NUMBER: _builtins.int
+    erased_click_count: _builtins.int
+    """Click-index entries deleted (the records conversions are attributed through)."""
+    erased_queued_count: _builtins.int
+    """Undelivered events deleted (queued, or held while the key is rejected)."""
+    erased_failed_count: _builtins.int
+    """Failed (replayable) events deleted."""
+    def __init__(
+        self,
+        *,
+        erased_click_count: _builtins.int = ...,
+        erased_queued_count: _builtins.int = ...,
+        erased_failed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_click_count", b"erased_click_count", "erased_failed_count", b"erased_failed_count", "erased_queued_count", b"erased_queued_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasePersonalDataResponse: _TypeAlias = ErasePersonalDataResponse  # noqa: Y015
