@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from server.store._records import (
+    AuditEntry,
+    AuditRecord,
     ClickOutcome,
     ConversionOutcome,
     DeliveryCounters,
@@ -194,6 +196,24 @@ class Store(Protocol):
         and no copy of the deleted rows left readable in the store's files where the
         backend can promise it (SQLite: secure_delete and a truncating WAL checkpoint;
         PostgreSQL: a plain VACUUM of the touched tables, see docs/operator.md)."""
+
+    # -- audit trail -----------------------------------------------------------------------
+    async def record_audit(self, entry: AuditEntry) -> int:
+        """Append an entry (durable on return); its id."""
+
+    async def list_audit(
+        self,
+        workspace_id: str | None,
+        since: float | None,
+        until: float | None,
+        before_id: int | None,
+        limit: int,
+    ) -> list[AuditRecord]:
+        """Entries newest first: of one workspace (None: all), that happened at or after
+        ``since`` and before ``until``, with id < ``before_id``; at most ``limit``."""
+
+    async def prune_audit(self, before: float) -> int:
+        """Delete the entries older than ``before`` (the retention); how many."""
 
     # -- housekeeping --------------------------------------------------------------------
     async def prune(self, now: float) -> int:

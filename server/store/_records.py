@@ -272,3 +272,31 @@ class FailedSelection:
     error_contains: str = ""
     # Only events of this kind; None means both.
     kind: EventKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin action, as the audit trail keeps it. Never holds a key or an identifier."""
+
+    occurred_at: float
+    # register, remove, rewrap, replay, erase, key_recheck.
+    action: str
+    # "" when the action spans every workspace.
+    workspace_id: str
+    # The caller's token name ("" when none), its roles (comma-separated), and the mTLS
+    # client certificate's identity ("" without mTLS).
+    actor: str
+    roles: str
+    client_identity: str
+    # What changed, as JSON text.
+    details: str
+    # "OK", or the stable reason of the error the caller got.
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """A stored audit entry and its id (ids grow with time)."""
+
+    audit_id: int
+    entry: AuditEntry

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
-from server.store import SqliteConfig, Store, StoreConfig
+import psycopg
+import pytest
+
+from server.store import PostgresConfig, SqliteConfig, Store, StoreConfig
 from server.store._records import (
+    AuditEntry,
     ConversionOutcome,
     ErasureTargets,
     EventKind,
@@ -23,6 +28,7 @@ open_stores = contract.open_stores
 store = contract.store
 
 SECRET_EMAIL = "Erase.Me-7f3a@Example.com"
+DAY = 86400.0
 
 
 def person_click(click_id: str, ws: str = "ws", **ids: str) -> NewClick:
@@ -154,3 +160,43 @@ async def test_replay_selects_by_time_error_and_kind_with_a_dry_run(store: Store
     sel = FailedSelection(error_contains="expired")
     assert await store.replay_failed("ws", both, NOW, selection=sel) == 1
     assert {r.source_id for r in await store.list_failed("ws", 0, 10)} == {"c0", "v0"}
+
+
+async def test_the_audit_trail_appends_lists_newest_first_and_prunes(
+    store: Store, store_config: StoreConfig
+) -> None:
+    def entry(at: float, ws: str, action: str = "register") -> AuditEntry:
+        return AuditEntry(at, action, ws, "ops-token", "admin", "CN=ops", '{"n": 1}', "OK")
+
+    ids = [
+        await store.record_audit(entry(NOW - 500 * DAY, "ws-a")),
+        await store.record_audit(entry(NOW - 2 * DAY, "ws-a", "remove")),
+        await store.record_audit(entry(NOW - DAY, "ws-b")),
+        await store.record_audit(entry(NOW, "", "erase")),
+    ]
+    assert ids == sorted(ids)
+    everything = await store.list_audit(None, None, None, None, 10)
+    assert [r.audit_id for r in everything] == ids[::-1]
+    assert everything[0].entry == entry(NOW, "", "erase")
+    of_a = await store.list_audit("ws-a", None, None, None, 10)
+    assert [r.entry.action for r in of_a] == ["remove", "register"]
+    window = await store.list_audit(None, NOW - 3 * DAY, NOW - DAY / 2, None, 10)
+    assert [r.audit_id for r in window] == [ids[2], ids[1]]  # since inclusive, until exclusive
+    page = await store.list_audit(None, None, None, ids[2], 2)
+    assert [r.audit_id for r in page] == [ids[1], ids[0]]
+    # Append-only: the database itself refuses to change an entry.
+    with pytest.raises(Exception, match="append-only"):
+        await _raw_update(store_config)
+    assert await store.prune_audit(NOW - 400 * DAY) == 1
+    assert [r.audit_id for r in await store.list_audit(None, None, None, None, 10)] == ids[:0:-1]
+
+
+async def _raw_update(config: StoreConfig) -> None:
+    sql = "UPDATE audit_events SET outcome = 'tampered'"
+    if isinstance(config, SqliteConfig):
+        with sqlite3.connect(config.path) as db:
+            db.execute(sql)
+        return
+    assert isinstance(config, PostgresConfig)
+    async with await psycopg.AsyncConnection.connect(config.url, autocommit=True) as conn:
+        await conn.execute(sql)

@@ -35,6 +35,8 @@ from server.store._codec import properties_to_json, settings_from_json, settings
 from server.store._config import PostgresConfig
 from server.store._exceptions import LeaseLost, StoreError
 from server.store._records import (
+    AuditEntry,
+    AuditRecord,
     ClickOutcome,
     ConversionOutcome,
     DeliveryCounters,
@@ -55,6 +57,7 @@ from server.store._records import (
     OutboxEvent,
 )
 from server.store._rules import ascii_lower, decide_conversion, plan_clicks
+from server.store._rules import audit_where as _audit_where
 
 _log = structlog.get_logger(__name__)
 
@@ -763,6 +766,43 @@ class PostgresStore:
                 await conn.execute(f"VACUUM {', '.join(tables)}")
         except psycopg.Error as exc:
             _log.warning("vacuum after erasure failed", error=type(exc).__name__)
+
+    # -- audit trail -----------------------------------------------------------------------
+    async def record_audit(self, entry: AuditEntry) -> int:
+        async with self._transaction() as cur:
+            await cur.execute(
+                """INSERT INTO audit_events (occurred_at, action, workspace_id, actor, roles,
+                       client_identity, details, outcome)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING audit_id""",
+                (entry.occurred_at, entry.action, entry.workspace_id, entry.actor, entry.roles,
+                 entry.client_identity, entry.details, entry.outcome),
+            )  # fmt: skip
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def list_audit(
+        self,
+        workspace_id: str | None,
+        since: float | None,
+        until: float | None,
+        before_id: int | None,
+        limit: int,
+    ) -> list[AuditRecord]:
+        clauses, params = _audit_where(workspace_id, since, until, before_id, "%s")
+        async with self._transaction() as cur:
+            await cur.execute(
+                f"""SELECT audit_id, occurred_at, action, workspace_id, actor, roles,
+                        client_identity, details, outcome FROM audit_events {clauses}
+                    ORDER BY audit_id DESC LIMIT %s""",  # noqa: S608 - fixed clauses, values bound
+                (*params, limit),
+            )
+            rows = await cur.fetchall()
+        return [AuditRecord(r[0], AuditEntry(*r[1:])) for r in rows]
+
+    async def prune_audit(self, before: float) -> int:
+        async with self._transaction() as cur:
+            await cur.execute("DELETE FROM audit_events WHERE occurred_at < %s", (before,))
+            return int(cur.rowcount)
 
     # -- housekeeping ----------------------------------------------------------------------
     async def prune(self, now: float) -> int:

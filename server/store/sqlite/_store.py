@@ -26,6 +26,8 @@ from server.store._codec import settings_from_json, settings_to_json
 from server.store._config import SqliteConfig
 from server.store._exceptions import LeaseLost, StoreError
 from server.store._records import (
+    AuditEntry,
+    AuditRecord,
     ClickOutcome,
     ConversionOutcome,
     DeliveryCounters,
@@ -46,6 +48,7 @@ from server.store._records import (
     OutboxEvent,
 )
 from server.store._rules import ascii_lower
+from server.store._rules import audit_where as _audit_where
 from server.store.sqlite._connection import NOW, WriteLock, connect, migrate
 from server.store.sqlite._intake import insert_clicks, insert_conversion
 
@@ -698,6 +701,48 @@ class SqliteStore:
         # pages still sit in the WAL until it is checkpointed and truncated.
         await self._call(_truncate_wal, raw=True)
         return counts
+
+    # -- audit trail -----------------------------------------------------------------------
+    async def record_audit(self, entry: AuditEntry) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                """INSERT INTO audit_events (occurred_at, action, workspace_id, actor, roles,
+                       client_identity, details, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (entry.occurred_at, entry.action, entry.workspace_id, entry.actor, entry.roles,
+                 entry.client_identity, entry.details, entry.outcome),
+            )  # fmt: skip
+            return int(cur.lastrowid or 0)
+
+        return await self._call(op)
+
+    async def list_audit(
+        self,
+        workspace_id: str | None,
+        since: float | None,
+        until: float | None,
+        before_id: int | None,
+        limit: int,
+    ) -> list[AuditRecord]:
+        clauses, params = _audit_where(workspace_id, since, until, before_id, "?")
+
+        def op(conn: sqlite3.Connection) -> list[AuditRecord]:
+            rows = conn.execute(
+                f"""SELECT audit_id, occurred_at, action, workspace_id, actor, roles,
+                        client_identity, details, outcome FROM audit_events {clauses}
+                    ORDER BY audit_id DESC LIMIT ?""",  # noqa: S608 - fixed clauses, values bound
+                (*params, limit),
+            )
+            return [AuditRecord(r[0], AuditEntry(*r[1:])) for r in rows]
+
+        return await self._call(op)
+
+    async def prune_audit(self, before: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute("DELETE FROM audit_events WHERE occurred_at < ?", (before,)).rowcount
+            )
+
+        return await self._call(op)
 
     # -- housekeeping ----------------------------------------------------------------------
     async def prune(self, now: float) -> int:
