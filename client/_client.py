@@ -251,6 +251,51 @@ class AsyncForwarderClient:
             timeout_s,
         )
 
+    async def list_audit_events(
+        self,
+        workspace_id: str | pb.ListAuditEventsRequest = "",
+        *,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> pb.ListAuditEventsResponse:
+        """One page of the audit trail, newest first: one workspace's entries (``""``: all),
+        between ``start_time`` (inclusive) and ``end_time``."""
+        return await self._unary(
+            "ListAuditEvents",
+            self._stub.ListAuditEvents,
+            _requests.list_audit(workspace_id, start_time, end_time, page_size, page_token),
+            timeout_s,
+        )
+
+    async def iter_audit_events(
+        self,
+        workspace_id: str = "",
+        *,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        page_size: int = 0,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[pb.AuditEvent]:
+        """Every matching audit entry, newest first, fetching pages as needed."""
+        token = ""
+        while True:
+            page = await self.list_audit_events(
+                workspace_id,
+                start_time=start_time,
+                end_time=end_time,
+                page_size=page_size,
+                page_token=token,
+                timeout_s=timeout_s,
+            )
+            for event in page.audit_events:
+                yield event
+            token = page.next_page_token
+            if not token:
+                return
+
     async def erase_personal_data(
         self,
         workspace_id: str | pb.ErasePersonalDataRequest,

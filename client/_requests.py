@@ -161,3 +161,22 @@ def erase(
         external_ids=list(external_ids),
         kxs=list(kxs),
     )
+
+
+def list_audit(
+    workspace_id: str | pb.ListAuditEventsRequest,
+    start_time: dt.datetime | None,
+    end_time: dt.datetime | None,
+    page_size: int,
+    page_token: str,
+) -> pb.ListAuditEventsRequest:
+    if isinstance(workspace_id, pb.ListAuditEventsRequest):
+        return workspace_id
+    request = pb.ListAuditEventsRequest(
+        workspace_id=workspace_id, page_size=page_size, page_token=page_token
+    )
+    if start_time is not None:
+        request.start_time.FromDatetime(_utc(start_time))
+    if end_time is not None:
+        request.end_time.FromDatetime(_utc(end_time))
+    return request

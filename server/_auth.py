@@ -45,6 +45,7 @@ METHOD_ROLES: Final[Mapping[str, Role]] = {
             "ListFailedEvents",
             "ReplayFailedEvents",
             "ErasePersonalData",
+            "ListAuditEvents",
         )
     },
     **{

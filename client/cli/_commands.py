@@ -356,6 +356,24 @@ async def erase(args: argparse.Namespace, client: AsyncForwarderClient, io: Io) 
     return ExitCode.OK
 
 
+async def list_audit(args: argparse.Namespace, client: AsyncForwarderClient, io: Io) -> ExitCode:
+    events: list[pb.AuditEvent] = []
+    page_size = min(args.limit, 1000) if args.limit > 0 else 0
+    async for event in client.iter_audit_events(
+        args.workspace, start_time=args.since, end_time=args.until, page_size=page_size
+    ):
+        events.append(event)
+        if args.limit and len(events) >= args.limit:
+            break
+    if args.json:
+        out.write_json(io.stdout, {"audit_events": [out.to_dict(e) for e in events]})
+    elif events:
+        io.stdout.write(out.audit_events_table(events))
+    else:
+        io.stdout.write("No audit entries.\n")
+    return ExitCode.OK
+
+
 async def health(args: argparse.Namespace, client: AsyncForwarderClient, io: Io) -> ExitCode:
     status = await client.check_health(args.service)
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
@@ -377,5 +395,6 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("failed", "list"): list_failed,
     ("failed", "replay"): replay,
     ("erase", None): erase,
+    ("audit", "list"): list_audit,
     ("health", None): health,
 }

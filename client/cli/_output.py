@@ -129,6 +129,33 @@ def failed_events_table(events: Iterable[pb.FailedEvent]) -> str:
     )
 
 
+def audit_events_table(events: Iterable[pb.AuditEvent]) -> str:
+    def caller(e: pb.AuditEvent) -> str:
+        who = e.caller.token_name or "-"
+        if e.caller.client_identity:
+            who += f" ({e.caller.client_identity})"
+        return who
+
+    def details(e: pb.AuditEvent) -> str:
+        text = json.dumps(json_format.MessageToDict(e.details), sort_keys=True)
+        return "-" if text == "{}" else text
+
+    return table(
+        ["TIME", "ACTION", "WORKSPACE", "CALLER", "OUTCOME", "DETAILS"],
+        (
+            [
+                when(e.time),
+                enum_name(pb.AuditAction.Name(e.action), "AUDIT_ACTION_"),
+                e.workspace_id or "*",
+                caller(e),
+                e.outcome,
+                details(e),
+            ]
+            for e in events
+        ),
+    )
+
+
 def click_disposition(value: pb.ClickDisposition.ValueType) -> str:
     return enum_name(pb.ClickDisposition.Name(value), "CLICK_DISPOSITION_")
 

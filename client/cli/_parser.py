@@ -264,6 +264,16 @@ def build_parser(
         "external_id: or kx: (never pass identifiers as arguments)",
     )
 
+    audit = commands.add_parser("audit", help="the audit trail of admin actions")
+    audit_actions = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    alist = _leaf(audit_actions, "list", "list audit entries, newest first")
+    alist.add_argument("--workspace", default="", help="only this workspace's entries")
+    alist.add_argument("--since", type=parse_time, default=None, metavar="TIME", help="ISO 8601")
+    alist.add_argument(
+        "--until", type=parse_time, default=None, metavar="TIME", help="ISO 8601, exclusive"
+    )
+    alist.add_argument("--limit", type=int, default=0, help="show at most this many")
+
     health = _leaf(commands, "health", "check the forwarder's health (grpc.health.v1)")
     health.add_argument("--service", default="", help="service name (default: the server)")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
+from dataclasses import dataclass
 from typing import Final
 
 from elido.forwarder.v1 import forwarder_pb2 as pb
@@ -296,3 +298,61 @@ def erasure_targets(request: pb.ErasePersonalDataRequest) -> tuple[str | None, E
         external_ids=tuple(dict.fromkeys(request.external_ids)),
         kxs=tuple(dict.fromkeys(request.kxs)),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """A valid ListAuditEvents request, decoded."""
+
+    workspace_id: str | None
+    since: float | None
+    until: float | None
+    page_size: int
+    before_id: int | None
+
+    def token(self, before_id: int) -> str:
+        """The page token continuing this query below ``before_id``."""
+        return encode_page_token(f"{before_id}:{self._filters()}")
+
+    def _filters(self) -> str:
+        text = f"{self.workspace_id}|{self.since}|{self.until}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def audit_query(request: pb.ListAuditEventsRequest) -> AuditQuery:
+    """The decoded query; raises INVALID_ARGUMENT (a page token must come from a previous
+    response with the same filters, AIP-158)."""
+    out: list[Violation] = []
+    workspace: str | None = None
+    if request.workspace_id:
+        check_workspace_id(request.workspace_id, "workspace_id", out)
+        workspace = request.workspace_id
+    since = until = None
+    if request.HasField("start_time"):
+        since = _time(request.start_time, "start_time", out)
+    if request.HasField("end_time"):
+        until = _time(request.end_time, "end_time", out)
+    if since is not None and until is not None and until <= since and not out:
+        out.append(Violation("end_time", "must be later than start_time"))
+    size = DEFAULT_PAGE_SIZE
+    if request.page_size and not 1 <= request.page_size <= MAX_PAGE_SIZE:
+        out.append(Violation("page_size", f"must be between 1 and {MAX_PAGE_SIZE}"))
+    elif request.page_size:
+        size = request.page_size
+    if out:
+        raise invalid_argument(out)
+    query = AuditQuery(workspace, since, until, size, None)
+    if not request.page_token:
+        return query
+    cursor = decode_page_token(request.page_token)
+    before, _, filters = cursor.partition(":")
+    if not before.isdigit() or len(before) > 18 or filters != query._filters():
+        raise invalid_argument(
+            [
+                Violation(
+                    "page_token",
+                    "is not a token from a previous response with the same filters",
+                )
+            ]
+        )
+    return AuditQuery(workspace, since, until, size, int(before))

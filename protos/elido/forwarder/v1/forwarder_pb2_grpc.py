@@ -92,6 +92,11 @@ class ForwarderServiceStub:
                 request_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataRequest.SerializeToString,
                 response_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/elido.forwarder.v1.ForwarderService/ListAuditEvents',
+                request_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ForwarderServiceServicer:
@@ -200,6 +205,16 @@ class ForwarderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """Lists the audit trail (every admin action that changes something: register, remove,
+        rewrap, replay, erase, key re-check, with the caller and the outcome), newest first, a
+        page at a time. Entries hold key fingerprints and keyed hashes, never keys or
+        identifiers. Entries older than the retention (default 400 days) are pruned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForwarderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -257,6 +272,11 @@ def add_ForwarderServiceServicer_to_server(servicer, server):
                     servicer.ErasePersonalData,
                     request_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataRequest.FromString,
                     response_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +579,33 @@ class ForwarderService:
             '/elido.forwarder.v1.ForwarderService/ErasePersonalData',
             elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataRequest.SerializeToString,
             elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/elido.forwarder.v1.ForwarderService/ListAuditEvents',
+            elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsRequest.SerializeToString,
+            elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

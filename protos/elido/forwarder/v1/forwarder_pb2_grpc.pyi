@@ -100,6 +100,12 @@ class ForwarderServiceStub:
     data and are taken as usual. Events already delivered live in Klaviyo: erasing the
     profile there is a Klaviyo operation. Errors never echo an identifier.
     """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_forwarder_pb2.ListAuditEventsRequest, _forwarder_pb2.ListAuditEventsResponse]
+    """Lists the audit trail (every admin action that changes something: register, remove,
+    rewrap, replay, erase, key re-check, with the caller and the outcome), newest first, a
+    page at a time. Entries hold key fingerprints and keyed hashes, never keys or
+    identifiers. Entries older than the retention (default 400 days) are pruned.
+    """
 
 @_typing.type_check_only
 class ForwarderServiceAsyncStub(ForwarderServiceStub):
@@ -162,6 +168,12 @@ class ForwarderServiceAsyncStub(ForwarderServiceStub):
     the erased clicks is CONVERSION_DISPOSITION_UNATTRIBUTED. Clicks arriving later are new
     data and are taken as usual. Events already delivered live in Klaviyo: erasing the
     profile there is a Klaviyo operation. Errors never echo an identifier.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_forwarder_pb2.ListAuditEventsRequest, _forwarder_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Lists the audit trail (every admin action that changes something: register, remove,
+    rewrap, replay, erase, key re-check, with the caller and the outcome), newest first, a
+    page at a time. Entries hold key fingerprints and keyed hashes, never keys or
+    identifiers. Entries older than the retention (default 400 days) are pruned.
     """
 
 class ForwarderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -288,6 +300,18 @@ class ForwarderServiceServicer(metaclass=_abc_1.ABCMeta):
         the erased clicks is CONVERSION_DISPOSITION_UNATTRIBUTED. Clicks arriving later are new
         data and are taken as usual. Events already delivered live in Klaviyo: erasing the
         profile there is a Klaviyo operation. Errors never echo an identifier.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _forwarder_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forwarder_pb2.ListAuditEventsResponse, _abc.Awaitable[_forwarder_pb2.ListAuditEventsResponse]]:
+        """Lists the audit trail (every admin action that changes something: register, remove,
+        rewrap, replay, erase, key re-check, with the caller and the outcome), newest first, a
+        page at a time. Entries hold key fingerprints and keyed hashes, never keys or
+        identifiers. Entries older than the retention (default 400 days) are pruned.
         """
 
 def add_ForwarderServiceServicer_to_server(servicer: ForwarderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
