@@ -136,8 +136,18 @@ def audit_events_table(events: Iterable[pb.AuditEvent]) -> str:
             who += f" ({e.caller.client_identity})"
         return who
 
+    def whole(value: Any) -> Any:
+        # Struct numbers are doubles; counts read better without ".0".
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, dict):
+            return {k: whole(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [whole(v) for v in value]
+        return value
+
     def details(e: pb.AuditEvent) -> str:
-        text = json.dumps(json_format.MessageToDict(e.details), sort_keys=True)
+        text = json.dumps(whole(json_format.MessageToDict(e.details)), sort_keys=True)
         return "-" if text == "{}" else text
 
     return table(
