@@ -59,11 +59,11 @@ class Forwarder:
         self.delivery = DeliveryEngine(self.store, self.vault, self._client, config.delivery)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # re-exported at runtime, not in its stubs
         self._server: grpc.aio.Server | None = None
-        # Worker processes commit to the SQLite file on their own connections; PostgreSQL
-        # already commits in processes of its own.
+        # Worker processes validate and commit StreamClicks batches on connections of their
+        # own (the backend's click writer): per click validation costs more than gRPC.
         self._workers = (
             IntakeWorkers(config.store, config.server.intake_workers)
-            if config.server.intake_workers and isinstance(config.store, SqliteConfig)
+            if config.server.intake_workers
             else None
         )
         self._housekeeping: asyncio.Task[None] | None = None

@@ -56,40 +56,30 @@ from server.store._records import (
     NewConversion,
     OutboxEvent,
 )
-from server.store._rules import ascii_lower, decide_conversion, plan_clicks
+from server.store._rules import ascii_lower, decide_conversion
 from server.store._rules import audit_where as _audit_where
 from server.store._settings import SettingsCache
+from server.store.postgres._connection import conninfo
+from server.store.postgres._intake import (
+    CHANNEL,
+    DEADLOCK_RETRIES,
+    Outcome,
+    Rows,
+    click_statements,
+)
 
 _log = structlog.get_logger(__name__)
 
 QUEUED: Final = 0
 FAILED: Final = 1
-CHANNEL: Final = "forwarder_due"
 # The database's clock in POSIX seconds.
 NOW: Final = "extract(epoch from clock_timestamp())::float8"
 # Serialises schema migrations among replicas starting at once.
 _MIGRATION_LOCK: Final = 0x656C69646F  # "elido"
 
-_INTEGRATIONS_OF: Final = """SELECT workspace_id, settings FROM integrations
-    WHERE workspace_id = ANY(%b) ORDER BY workspace_id FOR SHARE"""
-_INDEX_CLICKS: Final = """INSERT INTO clicks (workspace_id, click_id, email, phone_number,
-        external_id, kx, click_time, expires_at)
-    SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                         %b::float8[], %b::float8[])
-    ON CONFLICT DO NOTHING
-    RETURNING workspace_id, click_id"""
-_QUEUE_CLICKS: Final = """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at,
-        created_at, email, phone_number, external_id, kx, payload, next_attempt_at)
-    SELECT ws, 'click', id, t, %b, e, p, x, k, body, %b
-    FROM unnest(%b::text[], %b::text[], %b::float8[], %b::text[], %b::text[], %b::text[],
-                %b::text[], %b::bytea[]) WITH ORDINALITY AS s(ws, id, t, e, p, x, k, body, ord)
-    ORDER BY ord"""
 _INSERT_OUTBOX: Final = """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at,
         created_at, email, phone_number, external_id, kx, payload, value, currency, next_attempt_at)
     VALUES (%b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b)"""
-_COUNT_ANONYMOUS: Final = """UPDATE integrations SET anonymous_count = anonymous_count + n
-    FROM unnest(%b::text[], %b::bigint[]) AS a(ws, n) WHERE workspace_id = a.ws"""
-_DEADLOCK_RETRIES: Final = 3
 _FENCE: Final = "SELECT 1 FROM leases WHERE name = %b AND owner = %b AND token = %b FOR SHARE"
 
 
@@ -165,13 +155,7 @@ class PostgresStore:
 
     # -- connections -----------------------------------------------------------------------
     def _conninfo(self) -> dict[str, Any]:
-        timeout_ms = int(self._config.statement_timeout_ms)
-        return {
-            "connect_timeout": max(1, round(self._config.connect_timeout_s)),
-            # A stuck lock or query fails the operation (UNAVAILABLE) instead of holding it.
-            "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
-            "application_name": "elido-forwarder",
-        }
+        return conninfo(self._config)
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -420,7 +404,7 @@ class PostgresStore:
 
     # -- intake ----------------------------------------------------------------------------
     async def take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
-        for attempt in range(1, _DEADLOCK_RETRIES + 1):
+        for attempt in range(1, DEADLOCK_RETRIES + 1):
             try:
                 return await self._take_clicks(clicks, now)
             except StoreError as exc:
@@ -428,63 +412,26 @@ class PostgresStore:
                 # each other in a cycle; should the database still pick this transaction as
                 # a deadlock victim, nothing of it was committed and it is simply run again.
                 if not isinstance(exc.__cause__, psycopg.errors.DeadlockDetected) or (
-                    attempt == _DEADLOCK_RETRIES
+                    attempt == DEADLOCK_RETRIES
                 ):
                     raise
                 _log.warning("intake transaction retried after a deadlock", attempt=attempt)
         raise AssertionError("unreachable")
 
     async def _take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
-        expires = now + self._config.attribution_window_s
+        steps = click_statements(clicks, now, now + self._config.attribution_window_s)
         async with self._transaction() as cur:
-            await cur.execute(_INTEGRATIONS_OF, (sorted({c.workspace_id for c in clicks}),))
-            found = {ws: settings_from_json(text) for ws, text in await cur.fetchall()}
-            plan = plan_clicks(clicks, found)
-            # In key order: every transaction takes the index's key locks in the same order.
-            candidates = sorted(
-                (clicks[i] for i in plan.candidates), key=lambda c: (c.workspace_id, c.click_id)
-            )
-            fresh: set[tuple[str, str]] = set()
-            if candidates:
-                await cur.execute(
-                    _INDEX_CLICKS,
-                    (
-                        [c.workspace_id for c in candidates],
-                        [c.click_id for c in candidates],
-                        [c.identifiers.email for c in candidates],
-                        [c.identifiers.phone_number for c in candidates],
-                        [c.identifiers.external_id for c in candidates],
-                        [c.identifiers.kx for c in candidates],
-                        [c.click_time for c in candidates],
-                        [expires] * len(candidates),
-                    ),
-                )
-                fresh = {(ws, click_id) for ws, click_id in await cur.fetchall()}
-            plan.settle(fresh)
-            queued = plan.queued
-            if queued:
-                await cur.execute(
-                    _QUEUE_CLICKS,
-                    (
-                        now,
-                        now,
-                        [c.workspace_id for c in queued],
-                        [c.click_id for c in queued],
-                        [c.click_time for c in queued],
-                        [c.identifiers.email for c in queued],
-                        [c.identifiers.phone_number for c in queued],
-                        [c.identifiers.external_id for c in queued],
-                        [c.identifiers.kx for c in queued],
-                        [c.payload for c in queued],
-                    ),
-                )
-                await cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-            if plan.anonymous:
-                await cur.execute(
-                    _COUNT_ANONYMOUS, (list(plan.anonymous), list(plan.anonymous.values()))
-                )
+            try:
+                sql, params = next(steps)
+                while True:
+                    await cur.execute(sql, params)
+                    rows: Rows = await cur.fetchall() if cur.description else []
+                    sql, params = steps.send(rows)
+            except StopIteration as done:
+                result: Outcome = done.value
+        outcomes, found = result
         self._settings.learn({c.workspace_id for c in clicks}, found)
-        return plan.outcomes
+        return outcomes
 
     async def take_conversion(self, conversion: NewConversion, now: float) -> ConversionOutcome:
         ws = conversion.workspace_id
