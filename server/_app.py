@@ -33,6 +33,7 @@ from server._metrics import (
     record_build_info,
 )
 from server._reload import ReloadableServerCredentials, Reloader, load_tls, load_tokens
+from server.api._audit import AuditLog
 from server.api._service import ForwarderService
 from server.delivery._engine import DeliveryEngine
 from server.delivery._klaviyo import KlaviyoClient
@@ -92,6 +93,11 @@ class Forwarder:
         except tracing.TracingConfigError as exc:
             raise ConfigError([str(exc)]) from None
         await self.store.open()  # applies migrations before any worker opens the file
+        if self._config.audit.hmac_key is None:
+            _log.info(
+                "audit: erasure entries record identifier counts only "
+                "(set FORWARDER_AUDIT_HMAC_KEY to record keyed hashes)"
+            )
         if self._workers is not None:
             await self._workers.start()
         # Vault may be down now; intake must work anyway, so this never blocks on it.
@@ -120,7 +126,14 @@ class Forwarder:
             ],
         )
         forwarder_pb2_grpc.add_ForwarderServiceServicer_to_server(
-            ForwarderService(self.store, self.vault, self.delivery, self._workers), server
+            ForwarderService(
+                self.store,
+                self.vault,
+                self.delivery,
+                self._workers,
+                AuditLog(self.store, tokens, self._config.audit.hmac_key),
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -230,6 +243,9 @@ class Forwarder:
             pruned = await self.store.prune(now)
             if pruned:
                 _log.info("click index pruned", entries=pruned)
+            expired = await self.store.prune_audit(now - self._config.audit.retention_s)
+            if expired:
+                _log.info("audit trail pruned", entries=expired)
 
 
 async def serve(config: ForwarderConfig) -> None:

@@ -44,6 +44,8 @@ METHOD_ROLES: Final[Mapping[str, Role]] = {
             "RewrapKeys",
             "ListFailedEvents",
             "ReplayFailedEvents",
+            "ErasePersonalData",
+            "ListAuditEvents",
         )
     },
     **{

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -82,6 +82,17 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """The audit trail of admin actions."""
+
+    # Key of the HMAC-SHA256 that erasure entries record instead of the identifiers; None:
+    # they record counts only. Never logged (``repr`` leaves it out).
+    hmac_key: str | None = field(default=None, repr=False)
+    # Entries older than this are pruned by the housekeeping.
+    retention_s: float = 400 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class ForwarderConfig:
     """Everything the forwarder needs, passed explicitly to each part."""
 
@@ -90,6 +101,7 @@ class ForwarderConfig:
     vault: VaultConfig
     klaviyo: KlaviyoConfig
     delivery: DeliveryConfig
+    audit: AuditConfig = AuditConfig()
 
 
 def _tls_config(env: Env) -> TlsConfig | None:
@@ -209,6 +221,20 @@ def _delivery_config(env: Env) -> DeliveryConfig:
     )
 
 
+MIN_AUDIT_HMAC_KEY: Final = 32
+
+
+def _audit_config(env: Env) -> AuditConfig:
+    key = env.secret("FORWARDER_AUDIT_HMAC_KEY")
+    if key is not None and len(key) < MIN_AUDIT_HMAC_KEY:
+        env.problem(
+            f"FORWARDER_AUDIT_HMAC_KEY must be at least {MIN_AUDIT_HMAC_KEY} characters "
+            "(e.g. openssl rand -hex 32)"
+        )
+    days = env.integer("FORWARDER_AUDIT_RETENTION_DAYS", 400, minimum=1, maximum=36500)
+    return AuditConfig(hmac_key=key, retention_s=days * 86400.0)
+
+
 def load_config(env: Mapping[str, str]) -> ForwarderConfig:
     """Read the configuration; raises :class:`ConfigError` listing every bad variable."""
     reader = Env(env)
@@ -221,6 +247,7 @@ def load_config(env: Mapping[str, str]) -> ForwarderConfig:
     klaviyo = _klaviyo_config(reader)
     delivery = _delivery_config(reader)
     vault = vault_config(reader)
+    audit = _audit_config(reader)
     reader.raise_problems()
     assert vault is not None  # None only with a problem recorded
-    return ForwarderConfig(server, store, vault, klaviyo, delivery)
+    return ForwarderConfig(server, store, vault, klaviyo, delivery, audit)
