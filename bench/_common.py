@@ -228,6 +228,9 @@ class KlaviyoMockProcess:
     def add_key(self, key: str, account: str) -> None:
         self._post("/__mock__/keys", {"key": key, "account": account})
 
+    def remove_key(self, key: str) -> None:
+        self._http.request("DELETE", "/__mock__/keys", json={"key": key}).raise_for_status()
+
     def stats(self) -> dict[str, Any]:
         response = self._http.get("/__mock__/stats")
         response.raise_for_status()

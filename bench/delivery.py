@@ -29,9 +29,9 @@ limits scaled down so that the allowance of a 10 s window is one full steady quo
 (events 35/s, 350/min; bulk 1/s, 10/min): not Klaviyo's figures, and printed as such.
 
 How delivery is held while a backlog is enqueued: the integration is registered with a key
-the mock does not know; its first delivery is answered 401, which marks the key rejected and
-holds the workspace's events (one probe click, delivered later with the rest); registering a
-key the mock knows releases them, as a user fixing their key would.
+the mock knows, which the mock then revokes; its first delivery is answered 401, which marks
+the key rejected and holds the workspace's events (one probe click, delivered later with the
+rest); registering a key the mock knows releases them, as a user fixing their key would.
 
 The mock's time stamps (``received_at``: when the request arrived, a fraction of a
 millisecond before its 202 was written) and the driver's share one clock (same host).
@@ -252,7 +252,12 @@ def stage(
 def hold_delivery(s: Stage) -> Callable[[], float]:
     """Registers the workspace so that its events are held; returns a function releasing
     them (and returning the time it did)."""
-    register(s.fwd, s.workspace_id, new_key())  # unknown to the mock: 401
+    # A key Klaviyo accepts when it is pasted (the key check) and then revokes: the first
+    # delivery is answered 401, which holds the workspace's events.
+    revoked = new_key()
+    s.mock.add_key(revoked, s.account)
+    register(s.fwd, s.workspace_id, revoked)
+    s.mock.remove_key(revoked)
     s.fwd.stub().ForwardClick(
         pb.ForwardClickRequest(
             click=click(s.workspace_id, "probe", "probe@example.com", time.time())
@@ -639,9 +644,12 @@ def phase_replicas(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
             fleet.append(fwd)
         account, held_key, key = "acct-replicas", new_key(), new_key()
         workspaces = [f"bench-replicas-{i}-{secrets.token_hex(4)}" for i in range(2)]
-        # Held while the backlog is enqueued: a key the mock does not know is rejected.
+        # Held while the backlog is enqueued: a key the mock revokes after it was checked is
+        # rejected at the first delivery.
+        mock.add_key(held_key, "acct-replicas-held")
         for ws, fwd in zip(workspaces, fleet, strict=False):
             register(fwd, ws, held_key)
+        mock.remove_key(held_key)
         fleet[0].stub().ForwardClick(
             pb.ForwardClickRequest(
                 click=click(workspaces[0], "probe", "p@example.com", time.time())
