@@ -120,7 +120,10 @@ class Forwarder:
             ],
         )
         forwarder_pb2_grpc.add_ForwarderServiceServicer_to_server(
-            ForwarderService(self.store, self.vault, self.delivery, self._workers), server
+            ForwarderService(
+                self.store, self.vault, self.delivery, self._workers, klaviyo=self._client
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

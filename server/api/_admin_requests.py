@@ -12,8 +12,8 @@ from elido.forwarder.v1 import forwarder_pb2 as pb
 from server._errors import Violation, invalid_argument
 from server._secret import is_valid_private_key
 from server.intake._phones import REGIONS
-from server.intake._validation import check_workspace_id
-from server.store._records import DEFAULT_EMAIL_PARAMETERS, IntegrationSettings
+from server.intake._validation import check_workspace_id, validate_identifiers
+from server.store._records import DEFAULT_EMAIL_PARAMETERS, Identifiers, IntegrationSettings
 
 PARAMETER_NAME: Final = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
 MAX_EMAIL_PARAMETERS: Final = 16
@@ -142,3 +142,31 @@ def event_ids(values: list[str], all_: bool) -> list[int] | None:
     if bad:
         raise invalid_argument(bad)
     return parsed
+
+
+def test_event_profile(request: pb.VerifyIntegrationKeyRequest, region: str) -> Identifiers | None:
+    """The profile a key check's test event goes to (None: no test event asked for).
+
+    Validated like a click's identifiers (phone numbers without ``+`` in the integration's
+    ``region``); ``kx`` is refused: the owner must be able to look the profile up. Violations
+    never quote the value. Raises INVALID_ARGUMENT.
+    """
+    if not request.HasField("test_event_profile"):
+        return None
+    field = "test_event_profile"
+    ids = request.test_event_profile
+    out: list[Violation] = []
+    identifiers = validate_identifiers(ids, field, region, out)
+    if ids.kx:
+        out.append(
+            Violation(
+                f"{field}.kx",
+                "not taken for a test event: name the profile by email, phone number or "
+                "external id",
+            )
+        )
+    if not (ids.email or ids.phone_number or ids.external_id):
+        out.append(Violation(field, "name the profile by email, phone number or external id"))
+    if out:
+        raise invalid_argument(out)
+    return Identifiers(identifiers.email, identifiers.phone_number, identifiers.external_id)
