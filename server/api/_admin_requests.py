@@ -156,7 +156,10 @@ def test_event_profile(request: pb.VerifyIntegrationKeyRequest, region: str) -> 
     field = "test_event_profile"
     ids = request.test_event_profile
     out: list[Violation] = []
-    identifiers = validate_identifiers(ids, field, region, out)
+    named = pb.ProfileIdentifiers(
+        email=ids.email, phone_number=ids.phone_number, external_id=ids.external_id
+    )
+    identifiers = validate_identifiers(named, field, region, out)
     if ids.kx:
         out.append(
             Violation(
@@ -169,4 +172,4 @@ def test_event_profile(request: pb.VerifyIntegrationKeyRequest, region: str) -> 
         out.append(Violation(field, "name the profile by email, phone number or external id"))
     if out:
         raise invalid_argument(out)
-    return Identifiers(identifiers.email, identifiers.phone_number, identifiers.external_id)
+    return identifiers
