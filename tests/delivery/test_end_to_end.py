@@ -137,8 +137,10 @@ def test_rejected_key_holds_events_until_a_new_key_is_registered(
     klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
 ) -> None:
     fwd: ForwarderProcess = forwarder_factory(klaviyo_url=klaviyo_mock_thread.base_url)
-    ws = new_workspace_id()
-    register(fwd, ws, new_key())  # unknown to Klaviyo: 401
+    ws, revoked = new_workspace_id(), new_key()
+    klaviyo_mock_thread.add_key(revoked, "acct-revoked")
+    register(fwd, ws, revoked)
+    klaviyo_mock_thread.remove_key(revoked)  # revoked in Klaviyo after registration: 401
     forward(fwd, [make_click(ws, f"h-{i}", email="held@example.com") for i in range(3)])
     wait_for(
         lambda: integration(fwd, ws).state == pb.INTEGRATION_STATE_KEY_REJECTED, what="key rejected"
