@@ -194,7 +194,7 @@ def test_vault_down_intake_continues_registration_unavailable_then_delivery_resu
     )
     assert dispositions == [pb.CLICK_DISPOSITION_QUEUED] * 10
     with pytest.raises(grpc.RpcError) as caught:
-        register(fwd, new_workspace_id(), new_key())
+        register(fwd, new_workspace_id(), key)  # Klaviyo knows it: Vault is what fails
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
     assert status is not None
