@@ -122,7 +122,13 @@ def key_rejected(status: int | None) -> ApiError:
         grpc.StatusCode.INVALID_ARGUMENT,
         "Klaviyo does not know this private key; nothing was stored",
         Reason.KEY_REJECTED,
-        violations=[Violation("private_key", f"Klaviyo refused the key ({status})")],
+        violations=[
+            Violation(
+                "private_key",
+                f"Klaviyo does not know this key (HTTP {status}); copy it again or create a "
+                "new private key",
+            )
+        ],
         metadata={"klaviyo_status": str(status)},
     )
 
