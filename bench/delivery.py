@@ -670,6 +670,32 @@ def phase_replicas(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
             f"    accepted {w.requests} requests in the {window:g} s window: {ratio:.1%} of the "
             f"account's limit (target >= 95%); busiest second {w.busiest_second}; 429s: {throttled}"
         )
+        # The owner dies while it is delivering the backlog: how soon another replica holds
+        # the account's lease (its first request then waits for the window the dead owner
+        # filled, as the limits require).
+        busy = "account:" + fleet[0].database.value(
+            "SELECT account FROM integrations WHERE workspace_id = ?", workspaces[0]
+        )
+        owner = fleet[0].database.value("SELECT owner FROM leases WHERE name = ?", busy)
+        doomed = next(f for f in fleet if f.data_dir.name == owner)
+        doomed.kill()
+        died = time.time()
+        others = [f for f in fleet if f is not doomed]
+
+        def taken_over() -> bool:
+            row = others[0].database.rows(
+                "SELECT owner, expires_at FROM leases WHERE name = ?", busy
+            )
+            return bool(row) and row[0][0] != owner and row[0][1] > time.time()
+
+        wait_for(taken_over, ttl + 30, "another replica to take the busy account over", 0.02)
+        lease_takeover = time.time() - died
+        say(
+            f"    SIGKILLed the busy account's lease owner ({owner}): another replica held its "
+            f"lease {lease_takeover:.2f} s later (target <= TTL + 1 s = {ttl + 1:g} s)"
+        )
+        fleet = [*others, doomed]  # the dead one last
+        doomed.start()  # back for the next part, as a restarted pod would be
         # Latency and failover on a second account, below its single-event limit (the first
         # account's steady window is full now: its next owner rightly has to wait).
         quiet_key, quiet_account = new_key(), "acct-replicas-quiet"
@@ -754,6 +780,7 @@ def phase_replicas(plan: Plan, tmp: Path, vault: VaultAccess) -> dict[str, Any]:
         "accepted": w.requests,
         "ratio": round(ratio, 4),
         "takeover_s": round(takeover, 3),
+        "busy_lease_takeover_s": round(lease_takeover, 3),
         "lease_ttl_s": ttl,
         "latency_p99_ms": round(p99, 1),
         "throttled_429": throttled,

@@ -41,6 +41,10 @@ MAX_REFERRER_BYTES: Final = 2 * 1024
 MAX_EXTERNAL_ID_CHARS: Final = MAX_EXTERNAL_ID
 MIN_TIME: Final = datetime.fromisoformat("2000-01-01T00:00:00+00:00").timestamp()
 ONE_YEAR_S: Final = 366 * 24 * 3600.0
+# http(s)://netloc then path, query and fragment, all printable ASCII without brackets.
+_PLAIN_HTTP_URL: Final = re.compile(
+    r"[hH][tT][tT][pP][sS]?://([^/?#\[\]\x00-\x20\x7f-\U0010ffff]+)([^\[\]\x00-\x20\x7f-\U0010ffff]*)"
+)
 
 # Logical record fields (what `tail.fields` maps onto log fields).
 RECORD_FIELDS: Final = (
@@ -135,35 +139,14 @@ def _parse_time(value: Any, now: float) -> float:
 def _split_http(url: str) -> tuple[str, str] | None:
     """(netloc, query) of an absolute http(s) URL, or None if it is not one.
 
-    ``urlsplit`` costs ~4 µs a URL; the plain ASCII URLs the proxy almost always sends are
-    split here for a fraction of that, with the same result. Anything unusual (non-ASCII,
-    whitespace or controls that urlsplit strips, IPv6 brackets it validates) goes to urlsplit.
+    ``urlsplit`` costs ~4 µs a URL; the plain printable-ASCII URLs the proxy almost always
+    sends are split by one regular expression, with the same result. Anything else
+    (non-ASCII, whitespace or controls that urlsplit strips, IPv6 brackets it validates,
+    other schemes) goes to urlsplit.
     """
-    head = url[:8].lower()
-    if head.startswith("https://"):
-        rest = url[8:]
-    elif head.startswith("http://"):
-        rest = url[7:]
-    else:
-        rest = ""
-    if (
-        rest
-        and url.isascii()
-        and url[0] > " "
-        and "\t" not in url
-        and "\n" not in url
-        and "\r" not in url
-        and "[" not in url
-        and "]" not in url
-    ):
-        end = len(rest)
-        for sep in "/?#":
-            index = rest.find(sep, 0, end)
-            if index >= 0:
-                end = index
-        netloc = rest[:end]
-        query = rest[end:].partition("#")[0].partition("?")[2]
-        return (netloc, query) if netloc else None
+    plain = _PLAIN_HTTP_URL.fullmatch(url)
+    if plain is not None:
+        return plain.group(1), plain.group(2).partition("#")[0].partition("?")[2]
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -354,22 +337,27 @@ class Extractor:
         if referrer and not _fits(referrer, MAX_REFERRER_BYTES):
             # A cut URL would be misleading; the referrer is only context.
             referrer = ""
+        whole = int(click_time)
+        # Sub-messages given as dicts: upb builds them in C, ~2x faster than setting
+        # `click.click_time.seconds` and friends through their Python wrappers.
         click = forwarder_pb2.Click(
             click_id=click_id,
             workspace_id=workspace_id,
+            # The stubs do not declare the dict form protobuf accepts for message fields.
+            click_time={"seconds": whole, "nanos": int((click_time - whole) * 1e9)},  # type: ignore[arg-type]
             link_id=_text(record, "link_id", mapping),
             short_url=short_url,
             destination_url=destination_url,
             utm_parameters=utm,
-            identifiers=forwarder_pb2.ProfileIdentifiers(
-                email=email, phone_number=phone, external_id=external_id, kx=kx
-            ),
+            identifiers={  # type: ignore[arg-type]  # (the dict form, as above)
+                "email": email,
+                "phone_number": phone,
+                "external_id": external_id,
+                "kx": kx,
+            },
             user_agent=_truncate_utf8(_text(record, "user_agent", mapping), MAX_USER_AGENT_BYTES),
             referrer=referrer,
         )
-        whole = int(click_time)
-        click.click_time.seconds = whole
-        click.click_time.nanos = int((click_time - whole) * 1e9)
         return Extracted(click, invalid)
 
     @staticmethod

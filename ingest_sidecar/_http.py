@@ -186,7 +186,11 @@ class HttpServer:
         self._busy.add(task)
         try:
             body = await self._read_body(conn, reader, writer, event)
-            status, payload, extra, content_type = await self._route(event, body)
+            answer = self._route(event, body)
+            # The body (up to max_body_bytes) and its records are dropped as soon as the clicks
+            # are extracted, not held while the append waits for its fsync.
+            del body
+            status, payload, extra, content_type = await answer
             if event.method == b"HEAD":
                 payload = b""
             headers = [
@@ -249,9 +253,11 @@ class HttpServer:
         if path in _CLICK_PATHS:
             if method != b"POST":
                 return 405, _json({"error": "use POST"}), [(b"Allow", b"POST")], _JSON
+            # The coroutine holds what it needs: the body is dropped before the fsync wait.
+            clicks = self._post_clicks(body)
+            del body
             status, payload, extra = await _tracing.http_request(
-                {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers},
-                self._post_clicks(body),
+                {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}, clicks
             )
             return status, _json(payload), extra, _JSON
         if path == b"/healthz" and method in (b"GET", b"HEAD"):
@@ -271,7 +277,9 @@ class HttpServer:
             return 400, {"error": "empty body"}, []
         skipped: Counter[str] = Counter()
         records = self._records(body, skipped)
+        del body
         payloads = self._intake.prepare(SOURCE, records, skipped=skipped)
+        del records
         try:
             await self._intake.submit(SOURCE, payloads, self._config.full_wait_s)
         except SpoolFull:

@@ -294,8 +294,10 @@ class Spool:
             self._rotate()
         assert self._current is not None
         os.write(self._fd, data)
-        self._current.size += len(data)
-        self._total_bytes += len(data)
+        size = len(data)
+        del data
+        self._current.size += size
+        self._total_bytes += size
         self._next_seq += len(payloads)
         _tracing.spooled(self._next_seq - len(payloads), self._next_seq)
         self._write_pos = Position(self._next_seq, self._current.base, self._current.size)

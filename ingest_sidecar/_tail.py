@@ -277,7 +277,10 @@ class Tailer:
 
     async def _spool_lines(self, lines: list[bytes], skipped: Counter[str]) -> None:
         records = self._intake.parse_lines(SOURCE, [line.rstrip(b"\r") for line in lines], skipped)
+        del lines
         payloads = self._intake.prepare(SOURCE, records, self._config.fields, skipped)
+        # Not held while the append waits for its fsync (up to MAX_PENDING chunks do).
+        del records
         # No timeout: when the spool is full, the log simply waits (it is its own buffer).
         await self._intake.submit(SOURCE, payloads, None)
 

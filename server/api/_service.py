@@ -392,6 +392,8 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     ) -> pb.ForwardClickResponse:
         if not request.HasField("click"):
             raise invalid_argument([Violation("click", "required")])
+        # Settings of a workspace registered through another replica are read first.
+        await self._store.load_settings((request.click.workspace_id,))
         click = validate_click(request.click, "click", self._store.settings_for)
         if isinstance(click, list):
             raise invalid_argument(click, "click")
@@ -428,6 +430,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     async def _take_batch(
         self, request: pb.StreamClicksRequest, now: float, order: asyncio.Lock
     ) -> BatchOutcome:
+        await self._store.load_settings({click.workspace_id for click in request.clicks})
         batch = validate_batch(request, self._store.settings_for, now)
         # A stream's batches commit in the order sent (the lock is fair): of two clicks with
         # one id, the first sent is the one queued, on any backend.
@@ -500,6 +503,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     ) -> pb.ForwardConversionResponse:
         if not request.HasField("conversion"):
             raise invalid_argument([Violation("conversion", "required")])
+        await self._store.load_settings((request.conversion.workspace_id,))
         conversion = validate_conversion(
             request.conversion, "conversion", settings_for=self._store.settings_for
         )

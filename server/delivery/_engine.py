@@ -162,6 +162,8 @@ class DeliveryEngine:
         self._wake = asyncio.Event()
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._limiters: dict[str, AccountRateLimiter] = {}
+        # The fencing token of the last lease this engine held, per lease name.
+        self._tokens: dict[str, int] = {}
         self._scheduler: asyncio.Task[None] | None = None
 
     @property
@@ -218,8 +220,12 @@ class DeliveryEngine:
             if lease is None:
                 return  # another replica delivers this account
             limiter = self._limiter(name)
-            if lease.handover is not None:
-                _take_over(limiter, lease.handover)
+            handover = lease.handover
+            if handover is not None and handover.token != self._tokens.get(name):
+                # Another holder (or this replica before a restart) had the lease last: start
+                # from its record. After our own release, our limiter is exact already.
+                _take_over(limiter, handover)
+            self._tokens[name] = lease.token
             held = HeldLease(self._store, lease, lambda: json.dumps(limiter.usage()))
             renewer = asyncio.create_task(held.renew_forever(), name=f"renew-{name}")
             while True:

@@ -169,13 +169,15 @@ class AccountRateLimiter:
     def take_over(
         self, usage: Mapping[str, Sequence[float]], usage_age_s: float, sending_until_s: float
     ) -> None:
-        """Count a previous holder's requests as this limiter's own.
+        """Start from a previous holder's requests, in place of what this limiter counted.
 
         ``usage`` is that holder's :meth:`usage`, recorded ``usage_age_s`` ago; after that it
         may have gone on sending until ``sending_until_s`` from now (<= 0), unseen. Those
         unseen requests are counted as many as the limits allowed it, and all at the last
         moment it could have sent them (the latest counts longest in a window), so that
-        together the two holders stay within the account's limits.
+        together the two holders stay within the account's limits. What this limiter counted
+        before is dropped: the usage record is the account's whole history up to its writing
+        (each holder's record includes what it took over), so adding to it would count twice.
         """
         now = self._clock()
         recorded_at = now - max(0.0, usage_age_s)
@@ -184,7 +186,7 @@ class AccountRateLimiter:
             times = sorted(recorded_at - age for age in usage.get(endpoint.value, ()))
             until = now + min(0.0, sending_until_s)
             unseen = _most_allowed(times, recorded_at, until, state.window)
-            merged = sorted([*times, *[until] * unseen, *state.answered])
+            merged = sorted([*times, *[until] * unseen])
             state.answered = deque(t for t in merged if t > now - STEADY_WINDOW_S)
 
     def in_flight(self, endpoint: Endpoint) -> int:

@@ -17,7 +17,7 @@ database's clock, never a replica's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from server.store._records import (
@@ -69,6 +69,10 @@ class Store(Protocol):
         refreshed by every intake transaction. Whether a click has an integration is decided
         in the transaction, never from this.
         """
+
+    async def load_settings(self, workspace_ids: Collection[str]) -> None:
+        """Make :meth:`settings_for` answer for these workspaces: one read for those it does
+        not know (a workspace registered through another replica), none when it knows all."""
 
     async def upsert_integration(
         self,

@@ -202,6 +202,9 @@ class LeaseHandover:
     """
 
     usage: str
+    # The previous holder's fencing token: a holder that finds its own token here knows that
+    # the usage is its own (and already counted).
+    token: int
     # How long before the acquisition the usage was recorded.
     usage_age_s: float
     # How long after the acquisition the previous holder's lease would have run (<= 0 when

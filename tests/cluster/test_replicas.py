@@ -152,10 +152,11 @@ def test_three_replicas_share_the_account_limits_and_survive_two_kills(
     assert attributed.profile["email"] == "p0@example.com"  # the clicker of replica-a-0
     assert mock.throttled_count == 0
     assert lease_owner(survivor, held=False) == survivor.data_dir.name
-    # The survivor took over within the lease's TTL (and a poll) of the deaths.
+    # The survivor took over on the scale of the lease's TTL (it waits out the TTL, then the
+    # burst window the dead owner may have filled); bench/delivery.py measures it.
     after = [e.received_at for e in timeline if e.received_at > killed_at]
     assert after
-    assert min(after) - killed_at < LEASE_TTL_S + 1.5
+    assert min(after) - killed_at < LEASE_TTL_S + 10
 
 
 @pytest.mark.slow
@@ -180,33 +181,35 @@ def test_a_frozen_replica_sends_nothing_for_an_account_taken_over(
     )
     ws = new_workspace_id()
     register(a, ws, TEST_KEY)
-    # Only A has anything to deliver at first, so A owns the account.
-    b.stub()  # B is up and polling
     assert set(forward(a, [make_click(ws, f"f{i}", "frozen@example.com") for i in range(40)])) == {
         pb.CLICK_DISPOSITION_QUEUED
     }
-    wait_for(lambda: len(mock.timeline()) >= 4, 20, "A's first deliveries")
-    assert lease_owner(a) == a.data_dir.name
-    assert a.process is not None
-    os.kill(a.process.pid, signal.SIGSTOP)
+    wait_for(lambda: len(mock.timeline()) >= 4, 20, "the first deliveries")
+    wait_for(lambda: lease_owner(a) != "", 10, "an owner of the account's lease")
+    frozen, other = (a, b) if lease_owner(a) == a.data_dir.name else (b, a)
+    host = {a: f"localhost:{port}", b: f"127.0.0.1:{port}"}
+    assert frozen.process is not None
+    os.kill(frozen.process.pid, signal.SIGSTOP)
     frozen_at = time.time()
     try:
-        wait_for(lambda: lease_owner(b) == b.data_dir.name, LEASE_TTL_S + 5, "B to take over")
+        wait_for(
+            lambda: lease_owner(other) == other.data_dir.name, LEASE_TTL_S + 5, "the take-over"
+        )
         time.sleep(0.5)
     finally:
-        os.kill(a.process.pid, signal.SIGCONT)
-    resumed_at = time.time()
+        os.kill(frozen.process.pid, signal.SIGCONT)
     wait_for(lambda: len(mock.timeline()) >= 40, 60, "every click delivered")
-    time.sleep(1.0)  # room for anything A might still have wanted to send
-    from_a = [r for r in mock.requests if r.header("host") == f"localhost:{port}"]
-    late = [r for r in from_a if r.received_at > frozen_at + 0.2]
+    time.sleep(1.0)  # room for anything the frozen replica might still have wanted to send
+    late = [
+        r
+        for r in mock.requests
+        if r.header("host") == host[frozen] and r.received_at > frozen_at + 0.2
+    ]
     assert not late, f"{len(late)} requests from the frozen replica after it lost its lease"
-    from_b = [r for r in mock.requests if r.header("host") == f"127.0.0.1:{port}"]
-    assert from_b
-    assert min(r.received_at for r in from_b) < resumed_at + 60
+    assert [r for r in mock.requests if r.header("host") == host[other]]
     assert mock.throttled_count == 0
-    # A noticed, and its write-back of the lease was refused.
-    assert "lease" in a.logs()
+    # The frozen replica noticed: it stopped delivering that account.
+    assert "lease" in frozen.logs()
 
 
 @pytest.mark.slow

@@ -275,3 +275,14 @@ def test_a_garbled_or_empty_handover_starts_fresh() -> None:
     new, _ = limiter()
     new.take_over({}, usage_age_s=0.0, sending_until_s=-1.0)
     assert new.delay(Endpoint.EVENTS) == 0
+
+
+def test_taking_over_the_same_record_twice_counts_it_once() -> None:
+    old, _ = limiter()
+    for _ in range(3):
+        send(old)
+    record = old.usage()
+    new, _ = limiter()
+    new.take_over(record, usage_age_s=0.0, sending_until_s=-30.0)
+    new.take_over(record, usage_age_s=0.0, sending_until_s=-30.0)
+    assert len(new.usage()["events"]) == 3

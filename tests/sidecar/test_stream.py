@@ -72,7 +72,14 @@ async def test_stream_failures_resend_unacked_batches(tmp_path: Path) -> None:
         await wait_for(lambda: len(server.received.clicks) >= 20)
         server.servicer.fail_after = None
         await wait_for(lambda: len(server.received.clicks) == 100)
-        assert sample(sidecar, "elido_sidecar_stream_reconnects_total", reason="unavailable") >= 1
+        # The server ends the stream with UNAVAILABLE; depending on how the transport races the
+        # end of the stream against the batches in flight, the sidecar sees it as UNAVAILABLE
+        # or INTERNAL. Either way it reconnected and re-sent what was not acked.
+        reconnects = sum(
+            sample(sidecar, "elido_sidecar_stream_reconnects_total", reason=reason)
+            for reason in ("unavailable", "internal")
+        )
+        assert reconnects >= 1
     finally:
         await sidecar.stop()
         await server.stop()

@@ -165,6 +165,13 @@ async def test_replicas_agree_on_registration_and_removal(
     a: Store = await open_stores()
     b: Store = await open_stores()
     assert await b.take_clicks([click("c0")], NOW) == [ClickOutcome.NO_INTEGRATION]
+    custom = IntegrationSettings(email_parameters=("subscriber",))
+    await a.upsert_integration("ws-custom", "vault:v1:c", "pk_…abcd", 1, "acct", custom, NOW)
+    # Before validating a click of a workspace it never saw, a replica reads its settings.
+    assert b.settings_for("ws-custom") is None
+    await b.load_settings(["ws-custom", "ws-none"])
+    assert b.settings_for("ws-custom") == custom
+    assert b.settings_for("ws-none") is None
     await register(a)
     # B never saw the registration in memory; its transaction does.
     assert await b.take_clicks([click("c1")], NOW) == [ClickOutcome.QUEUED]

@@ -142,8 +142,13 @@ class PostgresServer:
         self.socket_dir = self.base_dir / "sock"
         self.log_path = self.base_dir / "postgres.log"
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
-        self.user = _run_as()
-        self.bin_dir = self._usable_bin_dir(bin_dir or find_bin_dir())
+        try:
+            self.user = _run_as()
+            self.bin_dir = self._usable_bin_dir(bin_dir or find_bin_dir())
+        except BaseException:
+            if self._owns_base:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+            raise
         self.host = "127.0.0.1"
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -202,8 +207,9 @@ class PostgresServer:
                     raise
 
     def stop(self, mode: str = "fast") -> None:
-        """Shut down cleanly: ``fast`` (SIGINT: roll back open transactions, checkpoint) or
-        ``smart`` (SIGTERM: wait for clients to disconnect)."""
+        """Shut down: ``fast`` (SIGINT: roll back open transactions, checkpoint), ``smart``
+        (SIGTERM: wait for clients to disconnect) or ``immediate`` (SIGQUIT: no checkpoint;
+        the next start recovers from WAL)."""
         sig = {"fast": signal.SIGINT, "smart": signal.SIGTERM, "immediate": signal.SIGQUIT}[mode]
         process = self._process
         if process is None:
@@ -227,6 +233,16 @@ class PostgresServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(_STOP_TIMEOUT_S)
+        # Backends die by the same signal but are not our children: wait (briefly: a zombie
+        # that PID 1 never reaps would keep the group alive) until they have left the group,
+        # so a prompt start() finds no backend still attached to the old shared memory.
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
         self._reap()
 
     def restart(self) -> None:
@@ -258,7 +274,11 @@ class PostgresServer:
         return out.stdout.decode()
 
     def create_database(self, name: str | None = None, template: str = "template0") -> str:
-        """Create an empty database (a copy of ``template``); returns its URL."""
+        """Create a database as a copy of ``template`` (default: an empty one); returns its URL.
+
+        A session-scoped template (say, with the migrations applied) makes per-test databases
+        that start at the current schema; a template must have no open connections.
+        """
         name = name or f"t_{uuid.uuid4().hex[:16]}"
         self.psql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return self.url(name)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from importlib import resources
 from typing import Any, Final
 
@@ -52,6 +52,7 @@ from server.store._records import (
     OutboxEvent,
 )
 from server.store._rules import decide_conversion, plan_clicks
+from server.store._settings import SettingsCache
 
 _log = structlog.get_logger(__name__)
 
@@ -111,7 +112,7 @@ class PostgresStore:
     def __init__(self, config: PostgresConfig) -> None:
         self._config = config
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
-        self._settings: dict[str, IntegrationSettings] = {}
+        self._settings = SettingsCache()
         self._listeners: list[Callable[[], None]] = []
         self._listen_task: asyncio.Task[None] | None = None
 
@@ -176,7 +177,7 @@ class PostgresStore:
         async with self._transaction() as cur:
             await cur.execute("SELECT workspace_id, settings FROM integrations")
             for workspace_id, text in await cur.fetchall():
-                self._settings[workspace_id] = settings_from_json(text)
+                self._settings.set(workspace_id, settings_from_json(text))
 
     async def _migrate(self) -> None:
         files = sorted(
@@ -247,6 +248,18 @@ class PostgresStore:
     def settings_for(self, workspace_id: str) -> IntegrationSettings | None:
         return self._settings.get(workspace_id)
 
+    async def load_settings(self, workspace_ids: Collection[str]) -> None:
+        unknown = self._settings.unknown(workspace_ids)
+        if not unknown:
+            return
+        async with self._transaction() as cur:
+            await cur.execute(
+                "SELECT workspace_id, settings FROM integrations WHERE workspace_id = ANY(%s)",
+                (unknown,),
+            )
+            found = {ws: settings_from_json(text) for ws, text in await cur.fetchall()}
+        self._settings.learn(unknown, found)
+
     async def upsert_integration(
         self,
         workspace_id: str,
@@ -285,7 +298,7 @@ class PostgresStore:
             await cur.execute(_INTEGRATION + " WHERE workspace_id = %s", (workspace_id,))
             row = await cur.fetchone()
         assert row is not None  # written just above, in this transaction
-        self._settings[workspace_id] = settings
+        self._settings.set(workspace_id, settings)
         return _integration(row), existed
 
     async def set_key_state(
@@ -340,7 +353,7 @@ class PostgresStore:
                 return None
             await cur.execute("DELETE FROM outbox WHERE workspace_id = %s", (workspace_id,))
             dropped = cur.rowcount
-        self._settings.pop(workspace_id, None)
+        self._settings.forget(workspace_id)
         return int(dropped)
 
     async def replace_ciphertext(
@@ -454,12 +467,7 @@ class PostgresStore:
                 await cur.execute(
                     _COUNT_ANONYMOUS, (list(plan.anonymous), list(plan.anonymous.values()))
                 )
-        for click in clicks:
-            ws = click.workspace_id
-            if ws in found:
-                self._settings[ws] = found[ws]
-            else:
-                self._settings.pop(ws, None)
+        self._settings.learn({c.workspace_id for c in clicks}, found)
         return plan.outcomes
 
     async def take_conversion(self, conversion: NewConversion, now: float) -> ConversionOutcome:
@@ -509,7 +517,7 @@ class PostgresStore:
     async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> Lease | None:
         async with self._transaction() as cur:
             await cur.execute(
-                f"""SELECT usage, {NOW} - usage_at, expires_at - {NOW} FROM leases
+                f"""SELECT usage, token, {NOW} - usage_at, expires_at - {NOW} FROM leases
                    WHERE name = %s FOR UPDATE""",  # noqa: S608 - NOW is a constant expression
                 (name,),
             )
@@ -527,7 +535,7 @@ class PostgresStore:
             return None
         handover = None
         if before is not None:
-            handover = LeaseHandover(before[0], before[1] or 0.0, before[2])
+            handover = LeaseHandover(before[0], before[1], before[2] or 0.0, before[3])
         return Lease(name, owner, row[0], row[1], ttl_s, handover)
 
     async def renew_lease(self, lease: Lease, usage: str = "") -> Lease | None:

@@ -14,7 +14,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from typing import Any, Final, TypeVar
 
@@ -41,8 +41,9 @@ from server.store._records import (
     NewConversion,
     OutboxEvent,
 )
+from server.store._settings import SettingsCache
 from server.store.sqlite._connection import NOW, WriteLock, connect, migrate
-from server.store.sqlite._intake import insert_clicks, insert_conversion
+from server.store.sqlite._intake import insert_clicks, insert_conversion, integrations_of
 
 _log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -107,7 +108,7 @@ class SqliteStore:
         # Settings by workspace, for extracting identifiers before a commit (a hint only:
         # intake decides "no integration" in its transaction). Refreshed by every intake
         # transaction, so another process's changes show up with the next click.
-        self._settings: dict[str, IntegrationSettings] = {}
+        self._settings = SettingsCache()
 
     # -- thread plumbing -------------------------------------------------------------------
     def _run(self, conn: sqlite3.Connection) -> None:
@@ -198,7 +199,7 @@ class SqliteStore:
             for workspace_id, text in conn.execute(
                 "SELECT workspace_id, settings FROM integrations"
             ):
-                self._settings[workspace_id] = settings_from_json(text)
+                self._settings.set(workspace_id, settings_from_json(text))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self._config.path}: {exc}") from None
         self._thread = threading.Thread(
@@ -224,13 +225,15 @@ class SqliteStore:
     def settings_for(self, workspace_id: str) -> IntegrationSettings | None:
         return self._settings.get(workspace_id)
 
-    def _learn(self, batch: Sequence[NewClick], found: dict[str, IntegrationSettings]) -> None:
-        for click in batch:
-            ws = click.workspace_id
-            if ws in found:
-                self._settings[ws] = found[ws]
-            else:
-                self._settings.pop(ws, None)
+    async def load_settings(self, workspace_ids: Collection[str]) -> None:
+        unknown = self._settings.unknown(workspace_ids)
+        if not unknown:
+            return
+
+        def op(conn: sqlite3.Connection) -> dict[str, IntegrationSettings]:
+            return integrations_of(conn, unknown)
+
+        self._settings.learn(unknown, await self._call(op))
 
     async def upsert_integration(
         self,
@@ -274,7 +277,7 @@ class SqliteStore:
             return _integration(row), existed
 
         record, existed = await self._call(op)
-        self._settings[workspace_id] = settings
+        self._settings.set(workspace_id, settings)
         return record, existed
 
     async def set_key_state(
@@ -339,7 +342,7 @@ class SqliteStore:
             return int(dropped)
 
         result = await self._call(op)
-        self._settings.pop(workspace_id, None)
+        self._settings.forget(workspace_id)
         return result
 
     async def replace_ciphertext(
@@ -401,7 +404,7 @@ class SqliteStore:
             return insert_clicks(conn, clicks, now, expires)
 
         outcomes, found = await self._call(op, group=True)
-        self._learn(clicks, found)
+        self._settings.learn({c.workspace_id for c in clicks}, found)
         return outcomes
 
     async def take_conversion(self, conversion: NewConversion, now: float) -> ConversionOutcome:
@@ -416,7 +419,7 @@ class SqliteStore:
     async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> Lease | None:
         def op(conn: sqlite3.Connection) -> Lease | None:
             before = conn.execute(
-                f"SELECT usage, {NOW} - usage_at, expires_at - {NOW} FROM leases WHERE name = ?",  # noqa: S608 - NOW is a constant expression
+                f"SELECT usage, token, {NOW} - usage_at, expires_at - {NOW} FROM leases WHERE name = ?",  # noqa: S608 - NOW is a constant expression
                 (name,),
             ).fetchone()
             row = conn.execute(
@@ -431,7 +434,7 @@ class SqliteStore:
                 return None
             handover = None
             if before is not None:
-                handover = LeaseHandover(before[0], before[1] or 0.0, before[2])
+                handover = LeaseHandover(before[0], before[1], before[2] or 0.0, before[3])
             return Lease(name, owner, row[0], row[1], ttl_s, handover)
 
         return await self._call(op)

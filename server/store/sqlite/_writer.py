@@ -9,8 +9,9 @@ from server.store._codec import settings_from_json
 from server.store._config import SqliteConfig
 from server.store._exceptions import StoreError
 from server.store._records import ClickOutcome, IntegrationSettings, NewClick
+from server.store._settings import SettingsCache
 from server.store.sqlite._connection import WriteLock, connect
-from server.store.sqlite._intake import insert_clicks
+from server.store.sqlite._intake import insert_clicks, integrations_of
 
 
 class SqliteClickWriter:
@@ -20,17 +21,23 @@ class SqliteClickWriter:
         self._config = config
         try:
             self._conn = connect(config)
-            self._settings = {
-                ws: settings_from_json(text)
-                for ws, text in self._conn.execute(
-                    "SELECT workspace_id, settings FROM integrations"
-                )
-            }
+            self._settings = SettingsCache()
+            for ws, text in self._conn.execute("SELECT workspace_id, settings FROM integrations"):
+                self._settings.set(ws, settings_from_json(text))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {config.path}: {exc}") from None
         self._lock = WriteLock(config)
 
     def settings_for(self, workspace_id: str) -> IntegrationSettings | None:
+        if self._settings.unknown((workspace_id,)):
+            # A workspace registered since this worker last looked (possibly through another
+            # process): read its settings now, not after its first commit — validation needs
+            # them (e.g. default_phone_region).
+            try:
+                found = integrations_of(self._conn, (workspace_id,))
+            except sqlite3.Error:
+                return None
+            self._settings.learn((workspace_id,), found)
         return self._settings.get(workspace_id)
 
     def take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
@@ -48,12 +55,7 @@ class SqliteClickWriter:
                     raise
         except sqlite3.Error as exc:
             raise StoreError(f"could not commit: {exc}") from None
-        for click in clicks:
-            ws = click.workspace_id
-            if ws in found:
-                self._settings[ws] = found[ws]
-            else:
-                self._settings.pop(ws, None)
+        self._settings.learn({c.workspace_id for c in clicks}, found)
         return outcomes
 
     def close(self) -> None:
