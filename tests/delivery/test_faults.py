@@ -37,11 +37,6 @@ def test_429_storm_loses_nothing_and_duplicates_nothing(
         account=account, events=WindowLimit(5, 1000), retry_after_header=retry_after_header
     )
     register(fwd, ws, key)
-    # The registration's key check is one request in this account's 5/s burst window. Starting
-    # the storm within the same second leaves one event stuck for over a minute (delivery
-    # engine / rate limiter, reported to the lead, not fixed here): start it after, as before
-    # the key check existed.
-    time.sleep(1.2)
     ids = [f"s-{i}" for i in range(40)]
     forward(fwd, [make_click(ws, i, email=f"{i}@example.com") for i in ids])
     wait_for(
@@ -71,6 +66,9 @@ def test_forwarder_paced_to_the_documented_windows_never_gets_a_429(
         account="acct-paced", events=WindowLimit(20, 1000), bulk=WindowLimit(2, 150)
     )
     register(fwd, ws, key)
+    # The key check is not counted by the forwarder's limiter (operator guide, "The key
+    # check"): let its request leave the burst window before pacing is judged.
+    time.sleep(1.2)
     forward(fwd, [make_click(ws, f"p-{i}", email="p@example.com") for i in range(100)])
     started = time.monotonic()
     wait_for(

@@ -183,7 +183,10 @@ def test_phone_numbers_are_validated_and_normalised_to_e164(
     key, ws, us = new_key(), new_workspace_id(), new_workspace_id()
     klaviyo_mock_thread.add_key(key, "acct-phone")
     register(fwd, ws, key)  # no default region: national numbers are refused
-    register(fwd, us, new_key(), default_phone_region="us")
+    us_key = new_key()
+    klaviyo_mock_thread.add_key(us_key, "acct-us")
+    register(fwd, us, us_key, default_phone_region="us")
+    klaviyo_mock_thread.remove_key(us_key)  # revoked: its events stay held in the outbox
 
     def refused(ws_: str, phone: str) -> str:
         c = make_click(ws_, "p-bad")
