@@ -148,8 +148,9 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         ws = request.workspace_id
         # Before anything is stored (Vault's transit key included): a wrong key goes no further.
         # Not through the account's rate limiter: that belongs to whichever replica delivers
-        # the account, and one request per registration cannot matter to it; a 429 is only
-        # inconclusive.
+        # the account (none yet for a new one), and a registration must answer in seconds. At
+        # worst the probe costs that account one 429, which delivery retries; a 429 to the
+        # probe itself is only inconclusive.
         check = await self._klaviyo.probe_key(key)
         self._log_check("registration", ws, key, check)
         if check.verdict is KeyVerdict.UNKNOWN_KEY:
