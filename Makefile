@@ -22,7 +22,9 @@ run: $(STAMP)
 # effort: where apt has no such package, those checks are skipped and the rules only parsed.
 $(BIN)/promtool: | $(STAMP)
 	@tmp=$$(mktemp -d) && cd $$tmp && \
-	if apt-get download prometheus >/dev/null 2>&1 && dpkg -x prometheus_*.deb x; then \
+	if { apt-get download prometheus >/dev/null 2>&1 || \
+	     { apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; } && \
+	   dpkg -x prometheus_*.deb x; then \
 	  cp x/usr/bin/promtool $(abspath $(BIN))/promtool; \
 	else echo "promtool unavailable (no apt package): alert rules are parsed, not promtool-checked"; fi; \
 	rm -rf $$tmp

@@ -319,3 +319,69 @@ if __name__ == "__main__":
         _serve_klaviyo_mock(sys.argv[2:])
     else:
         sys.exit("usage: python -m bench._common serve-klaviyo-mock --port-file F --accept-log L")
+
+
+# -- profiles ---------------------------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy sampling one process into a raw collapsed-stacks file."""
+
+    def __init__(self, pid: int, out: Path, subprocesses: bool = False) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "--nonblocking",
+                *(["--subprocesses"] if subprocesses else []),
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        return summarize(self.out)
+
+
+# Frames every sample passes through (the interpreter's start, the event loop): left out of
+# the inclusive ranking, where they would only say 100 %.
+_PLUMBING = ("(<frozen runpy>)", "(runners.py)", "(base_events.py)", "(events.py)", "(__main__.py)")
+
+
+def summarize(path: Path, top: int = 12) -> str:
+    """The top functions of a py-spy raw profile, by own samples and by inclusive samples."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            for f in stack.split(";")
+        ]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            if not frame.endswith(_PLUMBING):
+                total[frame] = total.get(frame, 0) + count
+    lines = [f"  {samples} samples; top by own time:"]
+    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {n / samples:6.1%}  {name}")
+    lines.append("  top by total time (incl. callees):")
+    for name, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {n / samples:6.1%}  {name}")
+    return "\n".join(lines)

@@ -12,7 +12,10 @@ synchronous_commit on, the server on this machine) — beside two ceilings:
 Not a test: it asserts nothing.
 
     .venv/bin/python bench/ingest.py [--store sqlite|postgres|both] [--clicks 300000]
-                                     [--streams 4] [--unary-calls 20000]
+                                     [--streams 4] [--unary-calls 20000] [--profile DIR]
+
+``--profile DIR`` samples the forwarder (and its intake workers) with py-spy during each of
+its runs: raw collapsed stacks in DIR, the top functions by own and total time printed.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path[:0] = [str(REPO), str(REPO / "protos")]
 
 from elido.forwarder.v1 import forwarder_pb2 as pb  # noqa: E402
 
+from bench._common import Profiler  # noqa: E402
 from bench._storage import postgres_ceiling, rows_of, sqlite_ceiling  # noqa: E402
 from server.devstack._openbao import OpenBaoDevServer  # noqa: E402
 from tests.support.forwarder import ForwarderProcess  # noqa: E402
@@ -174,6 +178,24 @@ def measure(label: str, fn: Callable[[], float]) -> float:
     return rate
 
 
+def profiled(
+    args: argparse.Namespace, pid: int, name: str, run: Callable[[], float]
+) -> Callable[[], float]:
+    """``run``, sampled by py-spy when --profile is given (the profile printed after it)."""
+    if args.profile is None:
+        return run
+
+    def sampled() -> float:
+        profiler = Profiler(pid, args.profile / f"{name}.txt", subprocesses=True)
+        time.sleep(0.5)  # py-spy attaches
+        try:
+            return run()
+        finally:
+            print(f"  py-spy profile of the forwarder, {name}:\n{profiler.stop()}")
+
+    return sampled
+
+
 def run_store(
     store: str,
     args: argparse.Namespace,
@@ -207,10 +229,16 @@ def run_store(
             f"{store}: StreamClicks, {args.streams} streams x 8 batches in flight, {args.clicks:,} clicks per run"
         )
         for batch in (100, 500):
+            assert forwarder.process is not None
             fwd = results[f"{store}_stream_{batch}"] = measure(
                 f"forwarder (durable commit), batches of {batch}",
-                lambda b=data[batch], n=batch: asyncio.run(
-                    stream_rate(forwarder.target, md, b, n, args.streams)
+                profiled(
+                    args,
+                    forwarder.process.pid,
+                    f"{store}-stream-{batch}",
+                    lambda b=data[batch], n=batch: asyncio.run(
+                        stream_rate(forwarder.target, md, b, n, args.streams)
+                    ),
                 ),
             )
             rows = rows_of(data[batch])
@@ -230,9 +258,15 @@ def run_store(
                 f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop[f'stream_{batch}']:>12.1%}"
             )
         print(f"{store}: ForwardClick, 64 in flight, {args.unary_calls:,} calls per run")
+        assert forwarder.process is not None
         fwd = results[f"{store}_unary"] = measure(
             "forwarder (durable commit)",
-            lambda: asyncio.run(unary_rate(forwarder.target, md, unary)),
+            profiled(
+                args,
+                forwarder.process.pid,
+                f"{store}-unary",
+                lambda: asyncio.run(unary_rate(forwarder.target, md, unary)),
+            ),
         )
         print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop['unary']:>12.1%}")
         queued = forwarder.database.value("SELECT count(*) FROM outbox")
@@ -252,7 +286,10 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=300_000, help="clicks per StreamClicks run")
     parser.add_argument("--streams", type=int, default=4, help="concurrent streams")
     parser.add_argument("--unary-calls", type=int, default=20_000)
+    parser.add_argument("--profile", type=Path, help="py-spy raw profiles of the forwarder here")
     args = parser.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmpdir:

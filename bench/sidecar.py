@@ -42,6 +42,7 @@ import grpc  # noqa: E402 - after the path set-up above.
 import grpc.aio  # noqa: E402
 from elido.forwarder.v1 import forwarder_pb2  # noqa: E402
 
+from bench._common import Profiler  # noqa: E402
 from ingest_sidecar import ExtractConfig, Extractor  # noqa: E402
 from ingest_sidecar._stream import METHOD, encode_request  # noqa: E402
 
@@ -164,68 +165,6 @@ def start_forwarder(stack: ExitStack, tmp: Path) -> tuple[str, str, str]:
 
 
 # -- the sidecar ------------------------------------------------------------------------------
-
-
-class Profiler:
-    """py-spy sampling one process into a raw collapsed-stacks file."""
-
-    def __init__(self, pid: int, out: Path) -> None:
-        self.out = out
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "py-spy"),
-                "record",
-                "--pid",
-                str(pid),
-                "--format",
-                "raw",
-                "--rate",
-                "250",
-                "--nonblocking",
-                "--output",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(30)
-        return summarize(self.out)
-
-
-# Frames every sample passes through (the interpreter's start, the event loop): left out of
-# the inclusive ranking, where they would only say 100 %.
-_PLUMBING = ("(<frozen runpy>)", "(runners.py)", "(base_events.py)", "(events.py)", "(__main__.py)")
-
-
-def summarize(path: Path, top: int = 12) -> str:
-    """The top functions of a py-spy raw profile, by own samples and by inclusive samples."""
-    own: dict[str, int] = {}
-    total: dict[str, int] = {}
-    samples = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        samples += count
-        frames = [
-            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
-            for f in stack.split(";")
-        ]
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for frame in set(frames):
-            if not frame.endswith(_PLUMBING):
-                total[frame] = total.get(frame, 0) + count
-    lines = [f"  {samples} samples; top by own time:"]
-    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"    {n / samples:6.1%}  {name}")
-    lines.append("  top by total time (incl. callees):")
-    for name, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"    {n / samples:6.1%}  {name}")
-    return "\n".join(lines)
 
 
 class Sidecar:
@@ -404,8 +343,10 @@ async def bench(args: argparse.Namespace) -> None:
         log_rss = sidecar.peak_rss_mb()
         sidecar.stop()
 
-    print(f"receiving server: {receiver}; HTTP posters: {args.connections} keep-alive "
-          "connections, 200 clicks a request")
+    print(
+        f"receiving server: {receiver}; HTTP posters: {args.connections} keep-alive "
+        "connections, 200 clicks a request"
+    )
     print(
         f"no-op grpc.aio StreamClicks ceiling (batches of 500, window 8): {ceiling:,.0f} clicks/s"
     )
@@ -438,7 +379,9 @@ def main() -> None:
     parser.add_argument("--log-lines", type=int, default=200_000)
     # Each request waits for its group commit: with few connections the fsync latency, not
     # the sidecar, bounds the HTTP figure.
-    parser.add_argument("--connections", type=int, default=4, help="HTTP posters (200 clicks a request)")
+    parser.add_argument(
+        "--connections", type=int, default=4, help="HTTP posters (200 clicks a request)"
+    )
     parser.add_argument("--receiver", choices=("auto", "noop", "forwarder"), default="auto")
     parser.add_argument("--profile", type=Path, help="py-spy raw profiles of the sidecar here")
     parser.add_argument("--serve-noop", help=argparse.SUPPRESS)

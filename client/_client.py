@@ -8,6 +8,7 @@ returns the generated response message, runs under a deadline (``timeout_s``, de
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -241,16 +242,108 @@ class AsyncForwarderClient:
         event_ids: Iterable[str] = (),
         *,
         all_events: bool = False,
+        failed_after: dt.datetime | None = None,
+        failed_before: dt.datetime | None = None,
+        error_contains: str = "",
+        kind: pb.EventKind.ValueType = pb.EVENT_KIND_UNSPECIFIED,
+        dry_run: bool = False,
         timeout_s: float | None = None,
     ) -> pb.ReplayFailedEventsResponse:
-        """Requeues the named failed events, or all of them with ``all_events=True``.
+        """Requeues failed events: the named ones, those matching the filters (failed
+        between ``failed_after`` and ``failed_before``, last error containing
+        ``error_contains``, of ``kind``), or all of them with ``all_events=True``. With
+        ``dry_run`` nothing changes and ``replayed_count`` says how many would be requeued.
 
         Retried safely: replaying twice requeues events Klaviyo dedupes on ``unique_id``.
         """
         return await self._unary(
             "ReplayFailedEvents",
             self._stub.ReplayFailedEvents,
-            _requests.replay(workspace_id, event_ids, all_events),
+            _requests.replay(
+                workspace_id,
+                event_ids,
+                all_events,
+                failed_after=failed_after,
+                failed_before=failed_before,
+                error_contains=error_contains,
+                kind=kind,
+                dry_run=dry_run,
+            ),
+            timeout_s,
+        )
+
+    async def list_audit_events(
+        self,
+        workspace_id: str | pb.ListAuditEventsRequest = "",
+        *,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> pb.ListAuditEventsResponse:
+        """One page of the audit trail, newest first: one workspace's entries (``""``: all),
+        between ``start_time`` (inclusive) and ``end_time``."""
+        return await self._unary(
+            "ListAuditEvents",
+            self._stub.ListAuditEvents,
+            _requests.list_audit(workspace_id, start_time, end_time, page_size, page_token),
+            timeout_s,
+        )
+
+    async def iter_audit_events(
+        self,
+        workspace_id: str = "",
+        *,
+        start_time: dt.datetime | None = None,
+        end_time: dt.datetime | None = None,
+        page_size: int = 0,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[pb.AuditEvent]:
+        """Every matching audit entry, newest first, fetching pages as needed."""
+        token = ""
+        while True:
+            page = await self.list_audit_events(
+                workspace_id,
+                start_time=start_time,
+                end_time=end_time,
+                page_size=page_size,
+                page_token=token,
+                timeout_s=timeout_s,
+            )
+            for event in page.audit_events:
+                yield event
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def erase_personal_data(
+        self,
+        workspace_id: str | pb.ErasePersonalDataRequest,
+        *,
+        emails: Iterable[str] = (),
+        phone_numbers: Iterable[str] = (),
+        external_ids: Iterable[str] = (),
+        kxs: Iterable[str] = (),
+        all_workspaces: bool = False,
+        timeout_s: float | None = None,
+    ) -> pb.ErasePersonalDataResponse:
+        """Erases a person's click-index entries and undelivered events in one workspace
+        (or, with ``workspace_id=""`` and ``all_workspaces=True``, in all).
+
+        Retried safely: a repeated erasure deletes nothing more.
+        """
+        return await self._unary(
+            "ErasePersonalData",
+            self._stub.ErasePersonalData,
+            _requests.erase(
+                workspace_id,
+                emails=emails,
+                phone_numbers=phone_numbers,
+                external_ids=external_ids,
+                kxs=kxs,
+                all_workspaces=all_workspaces,
+            ),
             timeout_s,
         )
 

@@ -115,10 +115,80 @@ def replay(
     workspace_id: str | pb.ReplayFailedEventsRequest,
     event_ids: Iterable[str],
     all_events: bool,
+    *,
+    failed_after: dt.datetime | None = None,
+    failed_before: dt.datetime | None = None,
+    error_contains: str = "",
+    kind: pb.EventKind.ValueType = pb.EVENT_KIND_UNSPECIFIED,
+    dry_run: bool = False,
 ) -> pb.ReplayFailedEventsRequest:
     if isinstance(workspace_id, pb.ReplayFailedEventsRequest):
         return workspace_id
     ids = list(event_ids)
-    if bool(ids) == all_events:
-        raise ClientError("replay needs either event ids or all_events=True, not both")
-    return pb.ReplayFailedEventsRequest(workspace_id=workspace_id, event_ids=ids, all=all_events)
+    filtered = bool(failed_after or failed_before or error_contains or kind)
+    if all_events and (ids or filtered):
+        raise ClientError("replay: all_events=True cannot be combined with event ids or filters")
+    if not (all_events or ids or filtered):
+        raise ClientError("replay needs event ids, a filter, or all_events=True")
+    request = pb.ReplayFailedEventsRequest(
+        workspace_id=workspace_id,
+        event_ids=ids,
+        all=all_events,
+        error_contains=error_contains,
+        kind=kind,
+        dry_run=dry_run,
+    )
+    if failed_after is not None:
+        request.failed_after.FromDatetime(_utc(failed_after))
+    if failed_before is not None:
+        request.failed_before.FromDatetime(_utc(failed_before))
+    return request
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """An aware time in UTC (a naive one is taken as UTC, as the CLI documents)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def erase(
+    workspace_id: str | pb.ErasePersonalDataRequest,
+    *,
+    emails: Iterable[str] = (),
+    phone_numbers: Iterable[str] = (),
+    external_ids: Iterable[str] = (),
+    kxs: Iterable[str] = (),
+    all_workspaces: bool = False,
+) -> pb.ErasePersonalDataRequest:
+    if isinstance(workspace_id, pb.ErasePersonalDataRequest):
+        return workspace_id
+    if bool(workspace_id) == all_workspaces:
+        raise ClientError("erase needs either a workspace id or all_workspaces=True, not both")
+    return pb.ErasePersonalDataRequest(
+        workspace_id=workspace_id,
+        all_workspaces=all_workspaces,
+        emails=list(emails),
+        phone_numbers=list(phone_numbers),
+        external_ids=list(external_ids),
+        kxs=list(kxs),
+    )
+
+
+def list_audit(
+    workspace_id: str | pb.ListAuditEventsRequest,
+    start_time: dt.datetime | None,
+    end_time: dt.datetime | None,
+    page_size: int,
+    page_token: str,
+) -> pb.ListAuditEventsRequest:
+    if isinstance(workspace_id, pb.ListAuditEventsRequest):
+        return workspace_id
+    request = pb.ListAuditEventsRequest(
+        workspace_id=workspace_id, page_size=page_size, page_token=page_token
+    )
+    if start_time is not None:
+        request.start_time.FromDatetime(_utc(start_time))
+    if end_time is not None:
+        request.end_time.FromDatetime(_utc(end_time))
+    return request

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +22,8 @@ from server._check import check
 from server._config import ConfigError, load_config, move_configs
 from server._logging import configure_logging
 from server.store import StoreError, move_sqlite_to_postgres
+
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 DESCRIPTION = """\
 The Elido -> Klaviyo forwarder: takes clicks and conversions over gRPC and delivers them to
@@ -96,8 +100,24 @@ def _move_store() -> int:
     return 0
 
 
+def _fewer_malloc_arenas() -> None:
+    """Two malloc arenas instead of eight per core.
+
+    gRPC's threads each get a glibc arena, and memory freed in one (request bytes passing
+    through) is not reused by another: the process grows by fragmentation, not by data.
+    Two arenas keep a 1M-event backlog's forwarder within its memory budget. The worker
+    processes inherit the setting; an operator's own MALLOC_ARENA_MAX wins.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    os.environ["MALLOC_ARENA_MAX"] = "2"  # for the intake workers, started later
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit status 2 for a configuration error."""
+    _fewer_malloc_arenas()
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "check":
         return _check()

@@ -33,6 +33,7 @@ from server._metrics import (
     record_build_info,
 )
 from server._reload import ReloadableServerCredentials, Reloader, load_tls, load_tokens
+from server.api._audit import AuditLog
 from server.api._service import ForwarderService
 from server.delivery._engine import DeliveryEngine
 from server.delivery._klaviyo import KlaviyoClient
@@ -58,11 +59,11 @@ class Forwarder:
         self.delivery = DeliveryEngine(self.store, self.vault, self._client, config.delivery)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # re-exported at runtime, not in its stubs
         self._server: grpc.aio.Server | None = None
-        # Worker processes commit to the SQLite file on their own connections; PostgreSQL
-        # already commits in processes of its own.
+        # Worker processes validate and commit StreamClicks batches on connections of their
+        # own (the backend's click writer): per click validation costs more than gRPC.
         self._workers = (
             IntakeWorkers(config.store, config.server.intake_workers)
-            if config.server.intake_workers and isinstance(config.store, SqliteConfig)
+            if config.server.intake_workers
             else None
         )
         self._housekeeping: asyncio.Task[None] | None = None
@@ -92,6 +93,11 @@ class Forwarder:
         except tracing.TracingConfigError as exc:
             raise ConfigError([str(exc)]) from None
         await self.store.open()  # applies migrations before any worker opens the file
+        if self._config.audit.hmac_key is None:
+            _log.info(
+                "audit: erasure entries record identifier counts only "
+                "(set FORWARDER_AUDIT_HMAC_KEY to record keyed hashes)"
+            )
         if self._workers is not None:
             await self._workers.start()
         # Vault may be down now; intake must work anyway, so this never blocks on it.
@@ -121,7 +127,12 @@ class Forwarder:
         )
         forwarder_pb2_grpc.add_ForwarderServiceServicer_to_server(
             ForwarderService(
-                self.store, self.vault, self.delivery, self._workers, klaviyo=self._client
+                self.store,
+                self.vault,
+                self.delivery,
+                self._workers,
+                AuditLog(self.store, tokens, self._config.audit.hmac_key),
+                klaviyo=self._client,
             ),
             server,
         )
@@ -233,6 +244,9 @@ class Forwarder:
             pruned = await self.store.prune(now)
             if pruned:
                 _log.info("click index pruned", entries=pruned)
+            expired = await self.store.prune_audit(now - self._config.audit.retention_s)
+            if expired:
+                _log.info("audit trail pruned", entries=expired)
 
 
 async def serve(config: ForwarderConfig) -> None:

@@ -45,6 +45,8 @@ METHOD_ROLES: Final[Mapping[str, Role]] = {
             "VerifyIntegrationKey",
             "ListFailedEvents",
             "ReplayFailedEvents",
+            "ErasePersonalData",
+            "ListAuditEvents",
         )
     },
     **{

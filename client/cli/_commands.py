@@ -19,6 +19,7 @@ from client._client import AsyncForwarderClient
 from client._requests import integration_settings
 from client.cli import _output as out
 from client.cli._exit import CliError, ExitCode
+from client.cli._idinput import read_identifiers
 from client.cli._keyinput import read_private_key
 
 _M = TypeVar("_M", pb.Click, pb.Conversion)
@@ -342,12 +343,75 @@ async def list_failed(args: argparse.Namespace, client: AsyncForwarderClient, io
     return ExitCode.OK
 
 
+_KINDS = {"click": pb.EVENT_KIND_CLICK, "conversion": pb.EVENT_KIND_CONVERSION}
+
+
 async def replay(args: argparse.Namespace, client: AsyncForwarderClient, io: Io) -> ExitCode:
-    response = await client.replay_failed_events(args.workspace, args.event_id, all_events=args.all)
+    filtered = args.failed_after or args.failed_before or args.error or args.kind
+    if args.all and (args.event_id or filtered):
+        raise CliError("--all cannot be combined with --event-id or filters", ExitCode.USAGE)
+    if not (args.all or args.event_id or filtered):
+        raise CliError(
+            "name events (--event-id), filter them (--failed-after, --failed-before, --error, "
+            "--kind), or pass --all",
+            ExitCode.USAGE,
+        )
+    response = await client.replay_failed_events(
+        args.workspace,
+        args.event_id,
+        all_events=args.all,
+        failed_after=args.failed_after,
+        failed_before=args.failed_before,
+        error_contains=args.error,
+        kind=_KINDS[args.kind] if args.kind else pb.EVENT_KIND_UNSPECIFIED,
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        out.write_json(io.stdout, out.to_dict(response))
+    elif args.dry_run:
+        io.stdout.write(f"Would replay {response.replayed_count} events (dry run).\n")
+    else:
+        io.stdout.write(f"Replayed {response.replayed_count} events.\n")
+    return ExitCode.OK
+
+
+async def erase(args: argparse.Namespace, client: AsyncForwarderClient, io: Io) -> ExitCode:
+    ids = read_identifiers(args.identifiers_file, stdin=io.stdin)
+    response = await client.erase_personal_data(
+        args.workspace,
+        emails=ids.emails,
+        phone_numbers=ids.phone_numbers,
+        external_ids=ids.external_ids,
+        kxs=ids.kxs,
+        all_workspaces=args.all_workspaces,
+    )
     if args.json:
         out.write_json(io.stdout, out.to_dict(response))
     else:
-        io.stdout.write(f"Replayed {response.replayed_count} events.\n")
+        scope = "every workspace" if args.all_workspaces else f"workspace {args.workspace}"
+        io.stdout.write(
+            f"Erased {ids.count()} identifiers in {scope}: {response.erased_click_count} "
+            f"click-index entries, {response.erased_queued_count} queued and "
+            f"{response.erased_failed_count} failed events deleted.\n"
+        )
+    return ExitCode.OK
+
+
+async def list_audit(args: argparse.Namespace, client: AsyncForwarderClient, io: Io) -> ExitCode:
+    events: list[pb.AuditEvent] = []
+    page_size = min(args.limit, 1000) if args.limit > 0 else 0
+    async for event in client.iter_audit_events(
+        args.workspace, start_time=args.since, end_time=args.until, page_size=page_size
+    ):
+        events.append(event)
+        if args.limit and len(events) >= args.limit:
+            break
+    if args.json:
+        out.write_json(io.stdout, {"audit_events": [out.to_dict(e) for e in events]})
+    elif events:
+        io.stdout.write(out.audit_events_table(events))
+    else:
+        io.stdout.write("No audit entries.\n")
     return ExitCode.OK
 
 
@@ -372,5 +436,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("conversions", "send"): send_conversions,
     ("failed", "list"): list_failed,
     ("failed", "replay"): replay,
+    ("erase", None): erase,
+    ("audit", "list"): list_audit,
     ("health", None): health,
 }

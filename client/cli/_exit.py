@@ -70,6 +70,15 @@ _FLAGS: Final = {
     "currency": "--currency",
     "properties": "--property",
     "event_ids": "--event-id",
+    "failed_after": "--failed-after",
+    "failed_before": "--failed-before",
+    "error_contains": "--error",
+    "kind": "--kind",
+    "emails": "--identifiers-file",
+    "phone_numbers": "--identifiers-file",
+    "external_ids": "--identifiers-file",
+    "kxs": "--identifiers-file",
+    "all_workspaces": "--all-workspaces",
 }
 
 

@@ -129,6 +129,43 @@ def failed_events_table(events: Iterable[pb.FailedEvent]) -> str:
     )
 
 
+def audit_events_table(events: Iterable[pb.AuditEvent]) -> str:
+    def caller(e: pb.AuditEvent) -> str:
+        who = e.caller.token_name or "-"
+        if e.caller.client_identity:
+            who += f" ({e.caller.client_identity})"
+        return who
+
+    def whole(value: Any) -> Any:
+        # Struct numbers are doubles; counts read better without ".0".
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, dict):
+            return {k: whole(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [whole(v) for v in value]
+        return value
+
+    def details(e: pb.AuditEvent) -> str:
+        text = json.dumps(whole(json_format.MessageToDict(e.details)), sort_keys=True)
+        return "-" if text == "{}" else text
+
+    return table(
+        ["TIME", "ACTION", "WORKSPACE", "CALLER", "OUTCOME", "DETAILS"],
+        (
+            [
+                when(e.time),
+                enum_name(pb.AuditAction.Name(e.action), "AUDIT_ACTION_"),
+                e.workspace_id or "*",
+                caller(e),
+                e.outcome,
+                details(e),
+            ]
+            for e in events
+        ),
+    )
+
+
 def click_disposition(value: pb.ClickDisposition.ValueType) -> str:
     return enum_name(pb.ClickDisposition.Name(value), "CLICK_DISPOSITION_")
 

@@ -245,15 +245,49 @@ def build_parser(
     flist.add_argument("--limit", type=int, default=0, help="show at most this many")
     replay = _leaf(failed_actions, "replay", "put failed events back in the delivery queue")
     replay.add_argument("--workspace", required=True)
-    which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("--all", action="store_true", help="every failed event of the workspace")
-    which.add_argument(
+    replay.add_argument("--all", action="store_true", help="every failed event of the workspace")
+    replay.add_argument(
         "--event-id",
         action="append",
         default=[],
         metavar="ID",
-        help="one event to replay (repeatable)",
+        help="one event to replay (repeatable; combines with the filters)",
     )
+    replay.add_argument(
+        "--failed-after", type=parse_time, default=None, metavar="TIME", help="ISO 8601"
+    )
+    replay.add_argument(
+        "--failed-before", type=parse_time, default=None, metavar="TIME", help="ISO 8601"
+    )
+    replay.add_argument(
+        "--error", default="", metavar="TEXT", help="only events whose last error contains TEXT"
+    )
+    replay.add_argument("--kind", choices=("click", "conversion"), default=None)
+    replay.add_argument(
+        "--dry-run", action="store_true", help="count what would be replayed; change nothing"
+    )
+
+    erase = _leaf(commands, "erase", "erase a person's data (a GDPR/CCPA request)")
+    where = erase.add_mutually_exclusive_group(required=True)
+    where.add_argument("--workspace", default="", help="the workspace to erase in")
+    where.add_argument("--all-workspaces", action="store_true", help="erase in every workspace")
+    erase.add_argument(
+        "--identifiers-file",
+        required=True,
+        metavar="PATH|-",
+        help="file (or - for stdin) with one identifier a line: email:, phone:, "
+        "external_id: or kx: (never pass identifiers as arguments)",
+    )
+
+    audit = commands.add_parser("audit", help="the audit trail of admin actions")
+    audit_actions = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    alist = _leaf(audit_actions, "list", "list audit entries, newest first")
+    alist.add_argument("--workspace", default="", help="only this workspace's entries")
+    alist.add_argument("--since", type=parse_time, default=None, metavar="TIME", help="ISO 8601")
+    alist.add_argument(
+        "--until", type=parse_time, default=None, metavar="TIME", help="ISO 8601, exclusive"
+    )
+    alist.add_argument("--limit", type=int, default=0, help="show at most this many")
 
     health = _leaf(commands, "health", "check the forwarder's health (grpc.health.v1)")
     health.add_argument("--service", default="", help="service name (default: the server)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Final
 
 from elido.forwarder.v1 import forwarder_pb2 as pb
@@ -10,6 +11,7 @@ from google.protobuf import timestamp_pb2
 from server.delivery._klaviyo import KeyVerdict
 from server.intake._batch import BatchOutcome
 from server.store._records import (
+    AuditRecord,
     ClickOutcome,
     ConversionOutcome,
     DeliveryCounters,
@@ -123,3 +125,34 @@ def stream_clicks_response(
         for v in violations[i]:
             result.field_violations.add(field=v.field, description=v.description)
     return response
+
+
+_AUDIT_ACTIONS: Final = {
+    "register": pb.AUDIT_ACTION_REGISTER,
+    "remove": pb.AUDIT_ACTION_REMOVE,
+    "rewrap": pb.AUDIT_ACTION_REWRAP,
+    "replay": pb.AUDIT_ACTION_REPLAY,
+    "erase": pb.AUDIT_ACTION_ERASE,
+    "key_recheck": pb.AUDIT_ACTION_KEY_RECHECK,
+}
+
+
+def audit_event_message(record: AuditRecord) -> pb.AuditEvent:
+    """An audit trail entry as the API shows it."""
+    entry = record.entry
+    message = pb.AuditEvent(
+        audit_id=str(record.audit_id),
+        action=_AUDIT_ACTIONS.get(entry.action, pb.AUDIT_ACTION_UNSPECIFIED),
+        workspace_id=entry.workspace_id,
+        caller=pb.AuditCaller(
+            token_name=entry.actor,
+            roles=[r for r in entry.roles.split(",") if r],
+            client_identity=entry.client_identity,
+        ),
+        outcome=entry.outcome,
+    )
+    message.time.FromNanoseconds(int(entry.occurred_at * 1e9))
+    details = json.loads(entry.details) if entry.details else {}
+    if isinstance(details, dict):
+        message.details.update(details)
+    return message

@@ -30,10 +30,13 @@ from server._errors import (
 from server._metrics import INTAKE
 from server._secret import PrivateKey
 from server.api import _admin_requests as admin
+from server.api import _audit as audit
+from server.api._audit import AuditLog
 from server.api._convert import (
     CLICK_DISPOSITION,
     CONVERSION_DISPOSITION,
     KEY_CHECK_VERDICT,
+    audit_event_message,
     failed_event_message,
     integration_message,
     stream_clicks_response,
@@ -116,10 +119,13 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         vault: KeyVault,
         wakeup: DeliveryWakeup,
         workers: IntakeWorkers | None = None,
+        audit: AuditLog | None = None,
         *,
         klaviyo: KlaviyoClient,
     ) -> None:
         self._store = store
+        # Every admin action that changes something is recorded (see _audit).
+        self._audit = audit or AuditLog(store, None)
         # Asked about keys (RegisterIntegration, VerifyIntegrationKey); delivery has its own.
         self._klaviyo = klaviyo
         # StreamClicks batches go to worker processes when there are any (see _workers).
@@ -143,8 +149,18 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     async def RegisterIntegration(
         self, request: pb.RegisterIntegrationRequest, context: Context
     ) -> pb.RegisterIntegrationResponse:
+        async with self._audit.action(context, audit.REGISTER, request.workspace_id) as details:
+            response = await self._register(request, details)
+            details["replaced"] = response.replaced
+            details["key_version"] = response.integration.key_version
+            return response
+
+    async def _register(
+        self, request: pb.RegisterIntegrationRequest, details: dict[str, Any]
+    ) -> pb.RegisterIntegrationResponse:
         settings = admin.validate_register(request)
         key = PrivateKey(request.private_key)
+        details["key_fingerprint"] = key.fingerprint  # never the key
         ws = request.workspace_id
         # Before anything is stored (Vault's transit key included): a wrong key goes no further.
         # Not through the account's rate limiter: that belongs to whichever replica delivers
@@ -153,6 +169,7 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         # probe itself is only inconclusive.
         check = await self._klaviyo.probe_key(key)
         self._log_check("registration", ws, key, check)
+        details["key_check"] = str(check.verdict)
         if check.verdict is KeyVerdict.UNKNOWN_KEY:
             raise key_rejected(check.status_code)
         if check.verdict is KeyVerdict.SCOPE_MISSING:
@@ -226,6 +243,20 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     @_handles_errors
     async def VerifyIntegrationKey(
         self, request: pb.VerifyIntegrationKeyRequest, context: Context
+    ) -> pb.VerifyIntegrationKeyResponse:
+        async with self._audit.action(context, audit.KEY_RECHECK, request.workspace_id) as details:
+            response = await self._verify(request)
+            details["verdict"] = pb.KeyCheckVerdict.Name(response.verdict)
+            details["state"] = pb.IntegrationState.Name(response.integration.state)
+            details["key_fingerprint"] = response.integration.key_fingerprint
+            if response.HasField("test_event"):
+                # The event's id, not the profile it went to: no identifier in the audit log.
+                details["test_event_unique_id"] = response.test_event.unique_id
+                details["test_event_accepted"] = response.test_event.accepted
+            return response
+
+    async def _verify(
+        self, request: pb.VerifyIntegrationKeyRequest
     ) -> pb.VerifyIntegrationKeyResponse:
         ws = request.workspace_id
         admin.require_workspace_id(ws)
@@ -320,15 +351,19 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     async def RemoveIntegration(
         self, request: pb.RemoveIntegrationRequest, context: Context
     ) -> pb.RemoveIntegrationResponse:
-        admin.require_workspace_id(request.workspace_id)
-        if await self._store.get_integration(request.workspace_id) is None:
-            raise not_found(request.workspace_id)
-        # Shred first: if Vault is down nothing changes and the caller retries; the other
-        # order could leave a deleted integration whose key still decrypts from a backup.
-        await self._vault.destroy(request.workspace_id)
-        dropped = await self._store.delete_integration(request.workspace_id)
-        if dropped is None:
-            raise not_found(request.workspace_id)
+        async with self._audit.action(context, audit.REMOVE, request.workspace_id) as details:
+            admin.require_workspace_id(request.workspace_id)
+            record = await self._store.get_integration(request.workspace_id)
+            if record is None:
+                raise not_found(request.workspace_id)
+            details["key_fingerprint"] = record.key_fingerprint
+            # Shred first: if Vault is down nothing changes and the caller retries; the other
+            # order could leave a deleted integration whose key still decrypts from a backup.
+            await self._vault.destroy(request.workspace_id)
+            dropped = await self._store.delete_integration(request.workspace_id)
+            if dropped is None:
+                raise not_found(request.workspace_id)
+            details["dropped_event_count"] = dropped
         _log.info("integration removed", workspace_id=request.workspace_id, dropped_events=dropped)
         return pb.RemoveIntegrationResponse(dropped_event_count=dropped)
 
@@ -359,6 +394,14 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     async def RewrapKeys(
         self, request: pb.RewrapKeysRequest, context: Context
     ) -> pb.RewrapKeysResponse:
+        async with self._audit.action(context, audit.REWRAP, request.workspace_id) as details:
+            details["scope"] = "workspace" if request.workspace_id else "all"
+            response = await self._rewrap(request)
+            details["rewrapped_count"] = response.rewrapped_count
+            details["unchanged_count"] = response.unchanged_count
+            return response
+
+    async def _rewrap(self, request: pb.RewrapKeysRequest) -> pb.RewrapKeysResponse:
         if request.workspace_id:
             admin.require_workspace_id(request.workspace_id)
             record = await self._store.get_integration(request.workspace_id)
@@ -543,12 +586,95 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
     async def ReplayFailedEvents(
         self, request: pb.ReplayFailedEventsRequest, context: Context
     ) -> pb.ReplayFailedEventsResponse:
-        admin.require_workspace_id(request.workspace_id)
-        ids = admin.event_ids(list(request.event_ids), request.all)
-        if await self._store.get_integration(request.workspace_id) is None:
-            raise not_found(request.workspace_id)
-        replayed = await self._store.replay_failed(request.workspace_id, ids, time.time())
-        if replayed:
+        async with self._audit.action(context, audit.REPLAY, request.workspace_id) as details:
+            details["dry_run"] = request.dry_run
+            ids, selection = admin.replay_selection(request)
+            details.update(_selection_details(request, ids))
+            if await self._store.get_integration(request.workspace_id) is None:
+                raise not_found(request.workspace_id)
+            replayed = await self._store.replay_failed(
+                request.workspace_id, ids, time.time(), selection=selection, dry_run=request.dry_run
+            )
+            details["replayed_count"] = replayed
+        if replayed and not request.dry_run:
             self._wakeup.notify()
-        _log.info("failed events replayed", workspace_id=request.workspace_id, count=replayed)
-        return pb.ReplayFailedEventsResponse(replayed_count=replayed)
+        _log.info(
+            "failed events replayed",
+            workspace_id=request.workspace_id,
+            count=replayed,
+            dry_run=request.dry_run,
+        )
+        return pb.ReplayFailedEventsResponse(replayed_count=replayed, dry_run=request.dry_run)
+
+    # -- erasure -------------------------------------------------------------------------
+    @_handles_errors
+    async def ErasePersonalData(
+        self, request: pb.ErasePersonalDataRequest, context: Context
+    ) -> pb.ErasePersonalDataResponse:
+        # No NOT_FOUND for a workspace without an integration: its click index outlives a
+        # removed integration, and an erasure must reach it. The log names counts only.
+        async with self._audit.action(context, audit.ERASE, request.workspace_id) as details:
+            details["all_workspaces"] = request.all_workspaces
+            details["identifier_counts"] = {
+                "emails": len(request.emails),
+                "phone_numbers": len(request.phone_numbers),
+                "external_ids": len(request.external_ids),
+                "kxs": len(request.kxs),
+            }
+            workspace_id, targets = admin.erasure_targets(request)
+            hashes = self._audit.identifier_hashes(targets)
+            if hashes is not None:
+                details["identifier_hashes"] = hashes
+            counts = await self._store.erase_identifiers(workspace_id, targets)
+            details["erased_click_count"] = counts.clicks
+            details["erased_queued_count"] = counts.queued_events
+            details["erased_failed_count"] = counts.failed_events
+        _log.info(
+            "personal data erased",
+            workspace_id=workspace_id or "*",
+            identifiers=len(targets.emails)
+            + len(targets.phone_numbers)
+            + len(targets.external_ids)
+            + len(targets.kxs),
+            clicks=counts.clicks,
+            queued_events=counts.queued_events,
+            failed_events=counts.failed_events,
+        )
+        return pb.ErasePersonalDataResponse(
+            erased_click_count=counts.clicks,
+            erased_queued_count=counts.queued_events,
+            erased_failed_count=counts.failed_events,
+        )
+
+    # -- audit trail ---------------------------------------------------------------------
+    @_handles_errors
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Context
+    ) -> pb.ListAuditEventsResponse:
+        query = admin.audit_query(request)
+        records = await self._store.list_audit(
+            query.workspace_id, query.since, query.until, query.before_id, query.page_size + 1
+        )
+        page = records[: query.page_size]
+        response = pb.ListAuditEventsResponse(audit_events=[audit_event_message(r) for r in page])
+        if len(records) > query.page_size:
+            response.next_page_token = query.token(page[-1].audit_id)
+        return response
+
+
+def _selection_details(
+    request: pb.ReplayFailedEventsRequest, ids: list[int] | None
+) -> dict[str, Any]:
+    """A replay's selection as the audit trail records it."""
+    out: dict[str, Any] = {"all": request.all}
+    if ids is not None:
+        out["event_ids"] = [str(i) for i in ids]
+    if request.HasField("failed_after"):
+        out["failed_after"] = request.failed_after.ToJsonString()
+    if request.HasField("failed_before"):
+        out["failed_before"] = request.failed_before.ToJsonString()
+    if request.error_contains:
+        out["error_contains"] = request.error_contains
+    if request.kind:
+        out["kind"] = pb.EventKind.Name(request.kind)
+    return out

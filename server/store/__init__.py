@@ -27,9 +27,9 @@ def open_store(config: StoreConfig) -> Store:
 def open_click_writer(config: StoreConfig) -> ClickWriter:
     """A synchronous click writer for another process (the intake workers), connected."""
     if isinstance(config, PostgresConfig):
-        # PostgreSQL commits in its own processes; the server takes StreamClicks batches
-        # itself (see docs/architecture.md, "Decisions").
-        raise ValueError("intake worker processes serve the SQLite backend only")
+        from server.store.postgres import PostgresClickWriter
+
+        return PostgresClickWriter(config)
     from server.store.sqlite import SqliteClickWriter
 
     return SqliteClickWriter(config)

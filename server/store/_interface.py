@@ -21,11 +21,16 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from server.store._records import (
+    AuditEntry,
+    AuditRecord,
     ClickOutcome,
     ConversionOutcome,
     DeliveryCounters,
     DueWorkspace,
+    ErasureCounts,
+    ErasureTargets,
     FailedEventRecord,
+    FailedSelection,
     IntegrationRecord,
     IntegrationSettings,
     IntegrationState,
@@ -192,9 +197,46 @@ class Store(Protocol):
         """Failed events with id > ``after_event_id``, oldest first."""
 
     async def replay_failed(
-        self, workspace_id: str, event_ids: Sequence[int] | None, now: float
+        self,
+        workspace_id: str,
+        event_ids: Sequence[int] | None,
+        now: float,
+        *,
+        selection: FailedSelection | None = None,
+        dry_run: bool = False,
     ) -> int:
-        """Queue failed events again (all of the workspace's if ``event_ids`` is None)."""
+        """Queue failed events again: those named by ``event_ids`` (None: any) that also
+        match ``selection``. Their ``unique_id`` (source id) and times are kept, so Klaviyo
+        dedupes a repeat and stale ones still go as backfill. With ``dry_run`` nothing
+        changes; the count is how many would be replayed."""
+
+    # -- erasure ---------------------------------------------------------------------------
+    async def erase_identifiers(
+        self, workspace_id: str | None, targets: ErasureTargets
+    ) -> ErasureCounts:
+        """Delete the click-index entries and the undelivered (queued, held or failed) events
+        carrying any of ``targets``, in one workspace or (None) in all; durable on return,
+        and no copy of the deleted rows left readable in the store's files where the
+        backend can promise it (SQLite: secure_delete and a truncating WAL checkpoint;
+        PostgreSQL: a plain VACUUM of the touched tables, see docs/operator.md)."""
+
+    # -- audit trail -----------------------------------------------------------------------
+    async def record_audit(self, entry: AuditEntry) -> int:
+        """Append an entry (durable on return); its id."""
+
+    async def list_audit(
+        self,
+        workspace_id: str | None,
+        since: float | None,
+        until: float | None,
+        before_id: int | None,
+        limit: int,
+    ) -> list[AuditRecord]:
+        """Entries newest first: of one workspace (None: all), that happened at or after
+        ``since`` and before ``until``, with id < ``before_id``; at most ``limit``."""
+
+    async def prune_audit(self, before: float) -> int:
+        """Delete the entries older than ``before`` (the retention); how many."""
 
     # -- housekeeping --------------------------------------------------------------------
     async def prune(self, now: float) -> int:

@@ -1,8 +1,8 @@
 """The move from the embedded store to a cluster: a SQLite file into an empty PostgreSQL.
 
 It copies integrations (key ciphertexts, settings, states, counters), the outbox (queued,
-held and failed events, with their ids, attempts and schedules), the click index and the
-conversion ids, in one transaction on the target. Run it with the forwarder stopped; the
+held and failed events, with their ids, attempts and schedules), the click index, the
+conversion ids and the audit trail, in one transaction on the target. Run it with the forwarder stopped; the
 replicas then start on ``FORWARDER_DATABASE_URL`` and deliver what was queued.
 """
 

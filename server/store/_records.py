@@ -237,3 +237,77 @@ class DueWorkspace:
 
     workspace_id: str
     account: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureTargets:
+    """The identifiers of one person whose data is erased, normalised as intake stores them.
+
+    Emails are matched ignoring the case of ASCII letters (intake keeps an address as sent,
+    so ``Ada@Example.com`` and ``ada@example.com`` were both stored); the others exactly.
+    """
+
+    emails: tuple[str, ...] = ()
+    phone_numbers: tuple[str, ...] = ()
+    external_ids: tuple[str, ...] = ()
+    kxs: tuple[str, ...] = ()
+
+    def any(self) -> bool:
+        """True if there is at least one identifier to erase."""
+        return bool(self.emails or self.phone_numbers or self.external_ids or self.kxs)
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureCounts:
+    """What an erasure deleted."""
+
+    # Click-index entries (the click id -> identifiers records used for attribution).
+    clicks: int = 0
+    # Outbox events waiting for delivery (queued, or held while the key is rejected).
+    queued_events: int = 0
+    # Failed events (replayable until erased).
+    failed_events: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FailedSelection:
+    """Which failed events of a workspace a replay takes; every set criterion must hold."""
+
+    # Only these event ids; None means any.
+    event_ids: tuple[int, ...] | None = None
+    # Failed at or after this time (POSIX seconds); None means no lower bound.
+    failed_after: float | None = None
+    # Failed before this time; None means no upper bound.
+    failed_before: float | None = None
+    # The last error contains this text, ignoring ASCII case; "" means any.
+    error_contains: str = ""
+    # Only events of this kind; None means both.
+    kind: EventKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin action, as the audit trail keeps it. Never holds a key or an identifier."""
+
+    occurred_at: float
+    # register, remove, rewrap, replay, erase, key_recheck.
+    action: str
+    # "" when the action spans every workspace.
+    workspace_id: str
+    # The caller's token name ("" when none), its roles (comma-separated), and the mTLS
+    # client certificate's identity ("" without mTLS).
+    actor: str
+    roles: str
+    client_identity: str
+    # What changed, as JSON text.
+    details: str
+    # "OK", or the stable reason of the error the caller got.
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """A stored audit entry and its id (ids grow with time)."""
+
+    audit_id: int
+    entry: AuditEntry

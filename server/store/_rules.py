@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from server.store._records import (
     ClickOutcome,
@@ -124,3 +125,35 @@ def decide_conversion(
     if not identifiers.any():
         return ConversionDecision(ConversionOutcome.UNATTRIBUTED, record=True)
     return ConversionDecision(ConversionOutcome.QUEUED, identifiers, record=True)
+
+
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(value: str) -> str:
+    """``value`` with ASCII letters lower-cased only: what SQLite's NOCASE and PostgreSQL's
+    ``lower(x COLLATE "C")`` compare, so both backends match an erased email alike."""
+    return value.translate(_ASCII_LOWER)
+
+
+def audit_where(
+    workspace_id: str | None,
+    since: float | None,
+    until: float | None,
+    before_id: int | None,
+    placeholder: str,
+) -> tuple[str, tuple[object, ...]]:
+    """The WHERE clause (or "") and its values for listing audit entries, in either
+    backend's placeholder style (``?`` or ``%s``)."""
+    clauses: list[str] = []
+    params: list[object] = []
+    for condition, value in (
+        ("workspace_id = ", workspace_id),
+        ("occurred_at >= ", since),
+        ("occurred_at < ", until),
+        ("audit_id < ", before_id),
+    ):
+        if value is not None:
+            clauses.append(condition + placeholder)
+            params.append(value)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)

@@ -24,4 +24,8 @@ TABLES: Final[dict[str, tuple[str, ...]]] = {
         "expires_at",
     ),
     "conversions": ("workspace_id", "conversion_id", "expires_at"),
+    "audit_events": (
+        "audit_id", "occurred_at", "action", "workspace_id", "actor", "roles",
+        "client_identity", "details", "outcome",
+    ),
 }  # fmt: skip

@@ -405,7 +405,7 @@ async def test_failed_list_and_replay(fake: RunningFake, admin_env: dict[str, st
     assert unknown.code == 4
     assert "event_ids[0] (--event-id): no such failed event" in unknown.stderr
     rest = await cli(["--json", "failed", "replay", "--workspace", "ws-1", "--all"], admin_env)
-    assert json.loads(rest.stdout) == {"replayed_count": "2"}
+    assert json.loads(rest.stdout) == {"replayed_count": "2", "dry_run": False}
 
 
 async def test_health_and_rewrap(fake: RunningFake, admin_env: dict[str, str]) -> None:

@@ -62,7 +62,13 @@ def test_queued_and_failed_events_move_to_postgres_and_are_delivered_after(
         line.split()[0]: int(line.split()[1].replace(",", ""))
         for line in moved.stdout.splitlines()[1:]
     }
-    assert counts == {"integrations": 1, "outbox": 31, "clicks": 31, "conversions": 0}
+    assert counts == {
+        "integrations": 1,
+        "outbox": 31,
+        "clicks": 31,
+        "conversions": 0,
+        "audit_events": 1,  # the registration
+    }
     # A second move into the now non-empty database is refused and changes nothing.
     again = move_store(embedded, url_file)
     assert again.returncode == 1

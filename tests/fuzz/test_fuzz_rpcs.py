@@ -101,6 +101,10 @@ def valid_requests(ws: str) -> dict[str, Message]:
         "ForwardConversion": pb.ForwardConversionRequest(conversion=conversion),
         "ListFailedEvents": pb.ListFailedEventsRequest(workspace_id=ws, page_size=5),
         "ReplayFailedEvents": pb.ReplayFailedEventsRequest(workspace_id=ws, event_ids=["1"]),
+        "ErasePersonalData": pb.ErasePersonalDataRequest(
+            workspace_id=ws, emails=["jane@example.com"], phone_numbers=["+14155550100"]
+        ),
+        "ListAuditEvents": pb.ListAuditEventsRequest(workspace_id=ws, page_size=5),
     }
 
 
@@ -228,6 +232,8 @@ UNARY = [
     ("ForwardConversion", "ingest", INGEST_CODES),
     ("ListFailedEvents", "admin", ADMIN_CODES),
     ("ReplayFailedEvents", "admin", ADMIN_CODES),
+    ("ErasePersonalData", "admin", ADMIN_CODES),
+    ("ListAuditEvents", "admin", ADMIN_CODES),
 ]
 
 

@@ -11,6 +11,7 @@ import pytest
 from server.store import PostgresConfig, SqliteConfig, StoreError, open_store
 from server.store._move import move_sqlite_to_postgres
 from server.store._records import (
+    AuditEntry,
     ClickOutcome,
     ConversionOutcome,
     Identifiers,
@@ -46,6 +47,10 @@ async def test_move_keeps_queued_and_failed_events_the_click_index_and_counters(
     await source.mark_delivered(lease, "ws-1", ids[:1], NOW)
     await source.mark_failed(lease, "ws-1", ids[1:2], "Klaviyo rejected the event: bad", NOW)
     await source.mark_retry(lease, "ws-1", ids[2:3], NOW + 30, "transient: 503", NOW)
+    audit = AuditEntry(
+        NOW, "register", "ws-1", "ops", "admin", "", '{"key_fingerprint": "pk_…abcd"}', "OK"
+    )
+    await source.record_audit(audit)
     before = {ws: await source.delivery_counters(ws) for ws in ("ws-1", "ws-2")}
     before_due = await source.due_events("ws-1", NOW + 60, 100)
     await source.close()
@@ -53,11 +58,20 @@ async def test_move_keeps_queued_and_failed_events_the_click_index_and_counters(
     copied = await move_sqlite_to_postgres(
         SqliteConfig(tmp_path / "forwarder.db"), PostgresConfig(postgres_url)
     )
-    assert copied == {"integrations": 2, "outbox": 6, "clicks": 7, "conversions": 1}
+    assert copied == {
+        "integrations": 2,
+        "outbox": 6,
+        "clicks": 7,
+        "conversions": 1,
+        "audit_events": 1,
+    }
 
     target = open_store(PostgresConfig(postgres_url))
     await target.open()
     try:
+        [moved] = await target.list_audit(None, None, None, None, 10)
+        assert moved.entry == audit
+        assert await target.record_audit(audit) == moved.audit_id + 1  # ids keep growing
         record = await target.get_integration("ws-1")
         assert record is not None
         assert (record.ciphertext, record.settings, record.account) == (

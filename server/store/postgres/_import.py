@@ -55,6 +55,11 @@ async def import_tables(
                 "SELECT setval(pg_get_serial_sequence('outbox', 'event_id'),"
                 " coalesce((SELECT max(event_id) FROM outbox), 0) + 1, false)"
             )
+            # Likewise the audit trail: its ids keep growing with time after the move.
+            await cur.execute(
+                "SELECT setval(pg_get_serial_sequence('audit_events', 'audit_id'),"
+                " coalesce((SELECT max(audit_id) FROM audit_events), 0) + 1, false)"
+            )
     except psycopg.Error as exc:
         raise StoreError(f"postgres: {type(exc).__name__}: {exc}") from None
     return copied

@@ -35,12 +35,17 @@ from server.store._codec import properties_to_json, settings_from_json, settings
 from server.store._config import PostgresConfig
 from server.store._exceptions import LeaseLost, StoreError
 from server.store._records import (
+    AuditEntry,
+    AuditRecord,
     ClickOutcome,
     ConversionOutcome,
     DeliveryCounters,
     DueWorkspace,
+    ErasureCounts,
+    ErasureTargets,
     EventKind,
     FailedEventRecord,
+    FailedSelection,
     Identifiers,
     IntegrationRecord,
     IntegrationSettings,
@@ -51,39 +56,30 @@ from server.store._records import (
     NewConversion,
     OutboxEvent,
 )
-from server.store._rules import decide_conversion, plan_clicks
+from server.store._rules import ascii_lower, decide_conversion
+from server.store._rules import audit_where as _audit_where
 from server.store._settings import SettingsCache
+from server.store.postgres._connection import conninfo
+from server.store.postgres._intake import (
+    CHANNEL,
+    DEADLOCK_RETRIES,
+    Outcome,
+    Rows,
+    click_statements,
+)
 
 _log = structlog.get_logger(__name__)
 
 QUEUED: Final = 0
 FAILED: Final = 1
-CHANNEL: Final = "forwarder_due"
 # The database's clock in POSIX seconds.
 NOW: Final = "extract(epoch from clock_timestamp())::float8"
 # Serialises schema migrations among replicas starting at once.
 _MIGRATION_LOCK: Final = 0x656C69646F  # "elido"
 
-_INTEGRATIONS_OF: Final = """SELECT workspace_id, settings FROM integrations
-    WHERE workspace_id = ANY(%b) ORDER BY workspace_id FOR SHARE"""
-_INDEX_CLICKS: Final = """INSERT INTO clicks (workspace_id, click_id, email, phone_number,
-        external_id, kx, click_time, expires_at)
-    SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                         %b::float8[], %b::float8[])
-    ON CONFLICT DO NOTHING
-    RETURNING workspace_id, click_id"""
-_QUEUE_CLICKS: Final = """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at,
-        created_at, email, phone_number, external_id, kx, payload, next_attempt_at)
-    SELECT ws, 'click', id, t, %b, e, p, x, k, body, %b
-    FROM unnest(%b::text[], %b::text[], %b::float8[], %b::text[], %b::text[], %b::text[],
-                %b::text[], %b::bytea[]) WITH ORDINALITY AS s(ws, id, t, e, p, x, k, body, ord)
-    ORDER BY ord"""
 _INSERT_OUTBOX: Final = """INSERT INTO outbox (workspace_id, kind, source_id, occurred_at,
         created_at, email, phone_number, external_id, kx, payload, value, currency, next_attempt_at)
     VALUES (%b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b, %b)"""
-_COUNT_ANONYMOUS: Final = """UPDATE integrations SET anonymous_count = anonymous_count + n
-    FROM unnest(%b::text[], %b::bigint[]) AS a(ws, n) WHERE workspace_id = a.ws"""
-_DEADLOCK_RETRIES: Final = 3
 _FENCE: Final = "SELECT 1 FROM leases WHERE name = %b AND owner = %b AND token = %b FOR SHARE"
 
 
@@ -106,6 +102,47 @@ def _integration(row: tuple[Any, ...]) -> IntegrationRecord:
     )
 
 
+def _failed_where(workspace_id: str, sel: FailedSelection) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (and its values) of a workspace's failed events matching ``sel``."""
+    clauses = ["workspace_id = %s", "status = %s"]
+    params: list[Any] = [workspace_id, FAILED]
+    if sel.failed_after is not None:
+        clauses.append("coalesce(failed_at, created_at) >= %s")
+        params.append(sel.failed_after)
+    if sel.failed_before is not None:
+        clauses.append("coalesce(failed_at, created_at) < %s")
+        params.append(sel.failed_before)
+    if sel.error_contains:
+        clauses.append('strpos(lower(last_error COLLATE "C"), %s) > 0')
+        params.append(ascii_lower(sel.error_contains))
+    if sel.kind is not None:
+        clauses.append("kind = %s")
+        params.append(sel.kind.value)
+    if sel.event_ids is not None:
+        clauses.append("event_id = ANY(%s::bigint[])")
+        params.append(list(sel.event_ids))
+    return " AND ".join(clauses), tuple(params)
+
+
+def _erasure_match(targets: ErasureTargets) -> tuple[str, tuple[Any, ...]]:
+    """A condition true for rows carrying any of the identifiers (emails ignoring ASCII case,
+    as SQLite's NOCASE does: ``lower`` under the "C" collation folds only A-Z)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if targets.emails:
+        clauses.append('lower(email COLLATE "C") = ANY(%s::text[])')
+        params.append([ascii_lower(e) for e in targets.emails])
+    for column, values in (
+        ("phone_number", targets.phone_numbers),
+        ("external_id", targets.external_ids),
+        ("kx", targets.kxs),
+    ):
+        if values:
+            clauses.append(f"{column} = ANY(%s::text[])")
+            params.append(list(values))
+    return " OR ".join(clauses), tuple(params)
+
+
 class PostgresStore:
     """The store on a PostgreSQL database shared by any number of replicas."""
 
@@ -118,13 +155,7 @@ class PostgresStore:
 
     # -- connections -----------------------------------------------------------------------
     def _conninfo(self) -> dict[str, Any]:
-        timeout_ms = int(self._config.statement_timeout_ms)
-        return {
-            "connect_timeout": max(1, round(self._config.connect_timeout_s)),
-            # A stuck lock or query fails the operation (UNAVAILABLE) instead of holding it.
-            "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
-            "application_name": "elido-forwarder",
-        }
+        return conninfo(self._config)
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -404,7 +435,7 @@ class PostgresStore:
 
     # -- intake ----------------------------------------------------------------------------
     async def take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
-        for attempt in range(1, _DEADLOCK_RETRIES + 1):
+        for attempt in range(1, DEADLOCK_RETRIES + 1):
             try:
                 return await self._take_clicks(clicks, now)
             except StoreError as exc:
@@ -412,63 +443,26 @@ class PostgresStore:
                 # each other in a cycle; should the database still pick this transaction as
                 # a deadlock victim, nothing of it was committed and it is simply run again.
                 if not isinstance(exc.__cause__, psycopg.errors.DeadlockDetected) or (
-                    attempt == _DEADLOCK_RETRIES
+                    attempt == DEADLOCK_RETRIES
                 ):
                     raise
                 _log.warning("intake transaction retried after a deadlock", attempt=attempt)
         raise AssertionError("unreachable")
 
     async def _take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
-        expires = now + self._config.attribution_window_s
+        steps = click_statements(clicks, now, now + self._config.attribution_window_s)
         async with self._transaction() as cur:
-            await cur.execute(_INTEGRATIONS_OF, (sorted({c.workspace_id for c in clicks}),))
-            found = {ws: settings_from_json(text) for ws, text in await cur.fetchall()}
-            plan = plan_clicks(clicks, found)
-            # In key order: every transaction takes the index's key locks in the same order.
-            candidates = sorted(
-                (clicks[i] for i in plan.candidates), key=lambda c: (c.workspace_id, c.click_id)
-            )
-            fresh: set[tuple[str, str]] = set()
-            if candidates:
-                await cur.execute(
-                    _INDEX_CLICKS,
-                    (
-                        [c.workspace_id for c in candidates],
-                        [c.click_id for c in candidates],
-                        [c.identifiers.email for c in candidates],
-                        [c.identifiers.phone_number for c in candidates],
-                        [c.identifiers.external_id for c in candidates],
-                        [c.identifiers.kx for c in candidates],
-                        [c.click_time for c in candidates],
-                        [expires] * len(candidates),
-                    ),
-                )
-                fresh = {(ws, click_id) for ws, click_id in await cur.fetchall()}
-            plan.settle(fresh)
-            queued = plan.queued
-            if queued:
-                await cur.execute(
-                    _QUEUE_CLICKS,
-                    (
-                        now,
-                        now,
-                        [c.workspace_id for c in queued],
-                        [c.click_id for c in queued],
-                        [c.click_time for c in queued],
-                        [c.identifiers.email for c in queued],
-                        [c.identifiers.phone_number for c in queued],
-                        [c.identifiers.external_id for c in queued],
-                        [c.identifiers.kx for c in queued],
-                        [c.payload for c in queued],
-                    ),
-                )
-                await cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-            if plan.anonymous:
-                await cur.execute(
-                    _COUNT_ANONYMOUS, (list(plan.anonymous), list(plan.anonymous.values()))
-                )
+            try:
+                sql, params = next(steps)
+                while True:
+                    await cur.execute(sql, params)
+                    rows: Rows = await cur.fetchall() if cur.description else []
+                    sql, params = steps.send(rows)
+            except StopIteration as done:
+                result: Outcome = done.value
+        outcomes, found = result
         self._settings.learn({c.workspace_id for c in clicks}, found)
-        return plan.outcomes
+        return outcomes
 
     async def take_conversion(self, conversion: NewConversion, now: float) -> ConversionOutcome:
         ws = conversion.workspace_id
@@ -696,20 +690,105 @@ class PostgresStore:
         ]
 
     async def replay_failed(
-        self, workspace_id: str, event_ids: Sequence[int] | None, now: float
+        self,
+        workspace_id: str,
+        event_ids: Sequence[int] | None,
+        now: float,
+        *,
+        selection: FailedSelection | None = None,
+        dry_run: bool = False,
     ) -> int:
-        sql = """UPDATE outbox SET status = %s, attempts = 0, next_attempt_at = %s, failed_at = NULL
-                 WHERE workspace_id = %s AND status = %s"""
-        params: tuple[Any, ...] = (QUEUED, now, workspace_id, FAILED)
+        where, params = _failed_where(workspace_id, selection or FailedSelection())
         if event_ids is not None:
-            sql += " AND event_id = ANY(%s::bigint[])"
+            where += " AND event_id = ANY(%s::bigint[])"
             params = (*params, list(event_ids))
         async with self._transaction() as cur:
-            await cur.execute(sql, params)
+            if dry_run:
+                await cur.execute(f"SELECT count(*) FROM outbox WHERE {where}", params)  # noqa: S608 - fixed clauses, values bound
+                row = await cur.fetchone()
+                return int(row[0]) if row else 0
+            await cur.execute(
+                f"""UPDATE outbox SET status = %s, attempts = 0, next_attempt_at = %s,
+                        failed_at = NULL WHERE {where}""",  # noqa: S608 - fixed clauses, values bound
+                (QUEUED, now, *params),
+            )
             replayed = cur.rowcount
             if replayed:
                 await cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         return int(replayed)
+
+    # -- erasure ---------------------------------------------------------------------------
+    async def erase_identifiers(
+        self, workspace_id: str | None, targets: ErasureTargets
+    ) -> ErasureCounts:
+        match, params = _erasure_match(targets)
+        scope, scope_params = (
+            ("workspace_id = %s AND ", (workspace_id,)) if workspace_id else ("", ())
+        )
+        async with self._transaction() as cur:
+            await cur.execute(
+                f"DELETE FROM clicks WHERE {scope}({match})",  # noqa: S608 - fixed clauses, values bound
+                (*scope_params, *params),
+            )
+            clicks = cur.rowcount
+            counts = {}
+            for status in (QUEUED, FAILED):
+                await cur.execute(
+                    f"DELETE FROM outbox WHERE {scope}status = %s AND ({match})",  # noqa: S608 - fixed clauses, values bound
+                    (*scope_params, status, *params),
+                )
+                counts[status] = cur.rowcount
+        await self._vacuum(("clicks", "outbox"))
+        return ErasureCounts(int(clicks), int(counts[QUEUED]), int(counts[FAILED]))
+
+    async def _vacuum(self, tables: Sequence[str]) -> None:
+        """A plain VACUUM of ``tables`` (best effort): the erased rows' dead tuples are
+        removed from heap and index pages now rather than whenever autovacuum comes by.
+        Not VACUUM FULL, which would lock intake out for the whole rewrite."""
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self._config.url, autocommit=True, **self._conninfo()
+            ) as conn:
+                await conn.execute(f"VACUUM {', '.join(tables)}")
+        except psycopg.Error as exc:
+            _log.warning("vacuum after erasure failed", error=type(exc).__name__)
+
+    # -- audit trail -----------------------------------------------------------------------
+    async def record_audit(self, entry: AuditEntry) -> int:
+        async with self._transaction() as cur:
+            await cur.execute(
+                """INSERT INTO audit_events (occurred_at, action, workspace_id, actor, roles,
+                       client_identity, details, outcome)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING audit_id""",
+                (entry.occurred_at, entry.action, entry.workspace_id, entry.actor, entry.roles,
+                 entry.client_identity, entry.details, entry.outcome),
+            )  # fmt: skip
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def list_audit(
+        self,
+        workspace_id: str | None,
+        since: float | None,
+        until: float | None,
+        before_id: int | None,
+        limit: int,
+    ) -> list[AuditRecord]:
+        clauses, params = _audit_where(workspace_id, since, until, before_id, "%s")
+        async with self._transaction() as cur:
+            await cur.execute(
+                f"""SELECT audit_id, occurred_at, action, workspace_id, actor, roles,
+                        client_identity, details, outcome FROM audit_events {clauses}
+                    ORDER BY audit_id DESC LIMIT %s""",  # noqa: S608 - fixed clauses, values bound
+                (*params, limit),
+            )
+            rows = await cur.fetchall()
+        return [AuditRecord(r[0], AuditEntry(*r[1:])) for r in rows]
+
+    async def prune_audit(self, before: float) -> int:
+        async with self._transaction() as cur:
+            await cur.execute("DELETE FROM audit_events WHERE occurred_at < %s", (before,))
+            return int(cur.rowcount)
 
     # -- housekeeping ----------------------------------------------------------------------
     async def prune(self, now: float) -> int:

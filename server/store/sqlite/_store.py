@@ -14,6 +14,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from typing import Any, Final, TypeVar
@@ -25,12 +26,17 @@ from server.store._codec import settings_from_json, settings_to_json
 from server.store._config import SqliteConfig
 from server.store._exceptions import LeaseLost, StoreError
 from server.store._records import (
+    AuditEntry,
+    AuditRecord,
     ClickOutcome,
     ConversionOutcome,
     DeliveryCounters,
     DueWorkspace,
+    ErasureCounts,
+    ErasureTargets,
     EventKind,
     FailedEventRecord,
+    FailedSelection,
     Identifiers,
     IntegrationRecord,
     IntegrationSettings,
@@ -41,6 +47,8 @@ from server.store._records import (
     NewConversion,
     OutboxEvent,
 )
+from server.store._rules import ascii_lower
+from server.store._rules import audit_where as _audit_where
 from server.store._settings import SettingsCache
 from server.store.sqlite._connection import NOW, WriteLock, connect, migrate
 from server.store.sqlite._intake import insert_clicks, insert_conversion, integrations_of
@@ -54,12 +62,20 @@ _MAX_GROUP: Final = 64
 
 
 class _Op:
-    __slots__ = ("fn", "future", "group")
+    __slots__ = ("fn", "future", "group", "raw")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: Future[Any], group: bool):
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        future: Future[Any],
+        group: bool,
+        raw: bool = False,
+    ):
         self.fn = fn
         self.future = future
         self.group = group
+        # Run outside any transaction (a WAL checkpoint cannot run inside one).
+        self.raw = raw
 
 
 def _integration(row: sqlite3.Row) -> IntegrationRecord:
@@ -83,6 +99,61 @@ def _note_error(conn: sqlite3.Connection, workspace_id: str, error: str, now: fl
         "UPDATE integrations SET last_error = ?, last_error_at = ? WHERE workspace_id = ?",
         (error, now, workspace_id),
     )
+
+
+def _failed_where(workspace_id: str, sel: FailedSelection) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (and its values) of a workspace's failed events matching ``sel``."""
+    clauses = ["workspace_id = ?", "status = ?"]
+    params: list[Any] = [workspace_id, FAILED]
+    if sel.failed_after is not None:
+        clauses.append("coalesce(failed_at, created_at) >= ?")
+        params.append(sel.failed_after)
+    if sel.failed_before is not None:
+        clauses.append("coalesce(failed_at, created_at) < ?")
+        params.append(sel.failed_before)
+    if sel.error_contains:
+        clauses.append("instr(lower(last_error), ?) > 0")
+        params.append(ascii_lower(sel.error_contains))
+    if sel.kind is not None:
+        clauses.append("kind = ?")
+        params.append(sel.kind.value)
+    if sel.event_ids is not None:
+        clauses.append(f"event_id IN ({','.join('?' * len(sel.event_ids))})")
+        params.extend(sel.event_ids)
+    return " AND ".join(clauses), tuple(params)
+
+
+def _erasure_match(targets: ErasureTargets) -> tuple[str, tuple[str, ...]]:
+    """A condition true for rows carrying any of the identifiers (emails ignoring ASCII case)."""
+    clauses: list[str] = []
+    params: list[str] = []
+    for column, values, collate in (
+        ("email", targets.emails, " COLLATE NOCASE"),
+        ("phone_number", targets.phone_numbers, ""),
+        ("external_id", targets.external_ids, ""),
+        ("kx", targets.kxs, ""),
+    ):
+        if values:
+            clauses.append(f"{column}{collate} IN ({','.join('?' * len(values))})")
+            params.extend(values)
+    return " OR ".join(clauses), tuple(params)
+
+
+_CHECKPOINT_ATTEMPTS: Final = 50
+
+
+def _truncate_wal(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database and truncate it to zero bytes.
+
+    Another process reading (an intake worker between transactions is not) keeps the WAL
+    busy for a moment; try again for up to a few seconds before reporting it.
+    """
+    for _ in range(_CHECKPOINT_ATTEMPTS):
+        busy, _log_frames, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if not busy:
+            return
+        time.sleep(0.1)
+    _log.warning("WAL checkpoint after erasure stayed busy; the next checkpoint clears it")
 
 
 def _fence(conn: sqlite3.Connection, lease: Lease) -> None:
@@ -145,6 +216,16 @@ class SqliteStore:
             return
         results: list[tuple[_Op, Any, BaseException | None]] = []
         assert self._write_lock is not None  # set by open(), before the thread starts
+        if batch[0].raw:  # never grouped: raw ops are not group ops
+            op = batch[0]
+            with self._write_lock:
+                try:
+                    value = op.fn(conn)
+                except Exception as exc:
+                    op.future.set_exception(StoreError(str(exc)))
+                else:
+                    op.future.set_result(value)
+            return
         with self._write_lock:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -181,11 +262,13 @@ class SqliteStore:
         conn.execute("RELEASE op")
         return op, value, None
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T], group: bool = False) -> T:
+    async def _call(
+        self, fn: Callable[[sqlite3.Connection], T], group: bool = False, raw: bool = False
+    ) -> T:
         if self._thread is None:
             raise StoreError("store is not open")
         future: Future[T] = Future()
-        self._ops.put(_Op(fn, future, group))
+        self._ops.put(_Op(fn, future, group and not raw, raw))
         return await asyncio.wrap_future(future)
 
     async def open(self) -> None:
@@ -596,19 +679,102 @@ class SqliteStore:
         return await self._call(op)
 
     async def replay_failed(
-        self, workspace_id: str, event_ids: Sequence[int] | None, now: float
+        self,
+        workspace_id: str,
+        event_ids: Sequence[int] | None,
+        now: float,
+        *,
+        selection: FailedSelection | None = None,
+        dry_run: bool = False,
     ) -> int:
+        where, params = _failed_where(workspace_id, selection or FailedSelection())
+
         def op(conn: sqlite3.Connection) -> int:
-            sql = """UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = ?, failed_at = NULL
-                     WHERE workspace_id = ? AND status = ?"""
+            if dry_run:
+                head: tuple[Any, ...] = ()
+                sql = f"SELECT count(*) FROM outbox WHERE {where}"  # noqa: S608 - fixed clauses, values bound
+            else:
+                sql = f"""UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = ?,
+                          failed_at = NULL WHERE {where}"""  # noqa: S608 - fixed clauses, values bound
+                head = (QUEUED, now)
+
+            def run(extra: str, more: tuple[Any, ...]) -> int:
+                cur = conn.execute(sql + extra, (*head, *params, *more))
+                return int(cur.fetchone()[0]) if dry_run else int(cur.rowcount)
+
             if event_ids is None:
-                return int(conn.execute(sql, (QUEUED, now, workspace_id, FAILED)).rowcount)
-            total = 0
-            for e in event_ids:
-                total += conn.execute(
-                    sql + " AND event_id = ?", (QUEUED, now, workspace_id, FAILED, e)
+                return run("", ())
+            return sum(run(" AND event_id = ?", (e,)) for e in dict.fromkeys(event_ids))
+
+        return await self._call(op)
+
+    # -- erasure ---------------------------------------------------------------------------
+    async def erase_identifiers(
+        self, workspace_id: str | None, targets: ErasureTargets
+    ) -> ErasureCounts:
+        match, params = _erasure_match(targets)
+        scope, scope_params = (
+            ("workspace_id = ? AND ", (workspace_id,)) if workspace_id else ("", ())
+        )
+
+        def op(conn: sqlite3.Connection) -> ErasureCounts:
+            clicks = conn.execute(
+                f"DELETE FROM clicks WHERE {scope}({match})",  # noqa: S608 - fixed clauses, values bound
+                (*scope_params, *params),
+            ).rowcount
+            counts = dict.fromkeys((QUEUED, FAILED), 0)
+            for status in (QUEUED, FAILED):
+                counts[status] = conn.execute(
+                    f"DELETE FROM outbox WHERE {scope}status = ? AND ({match})",  # noqa: S608 - fixed clauses, values bound
+                    (*scope_params, status, *params),
                 ).rowcount
-            return total
+            return ErasureCounts(int(clicks), int(counts[QUEUED]), int(counts[FAILED]))
+
+        counts = await self._call(op)
+        # The deleted rows were zeroed in the pages (secure_delete); older images of those
+        # pages still sit in the WAL until it is checkpointed and truncated.
+        await self._call(_truncate_wal, raw=True)
+        return counts
+
+    # -- audit trail -----------------------------------------------------------------------
+    async def record_audit(self, entry: AuditEntry) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                """INSERT INTO audit_events (occurred_at, action, workspace_id, actor, roles,
+                       client_identity, details, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (entry.occurred_at, entry.action, entry.workspace_id, entry.actor, entry.roles,
+                 entry.client_identity, entry.details, entry.outcome),
+            )  # fmt: skip
+            return int(cur.lastrowid or 0)
+
+        return await self._call(op)
+
+    async def list_audit(
+        self,
+        workspace_id: str | None,
+        since: float | None,
+        until: float | None,
+        before_id: int | None,
+        limit: int,
+    ) -> list[AuditRecord]:
+        clauses, params = _audit_where(workspace_id, since, until, before_id, "?")
+
+        def op(conn: sqlite3.Connection) -> list[AuditRecord]:
+            rows = conn.execute(
+                f"""SELECT audit_id, occurred_at, action, workspace_id, actor, roles,
+                        client_identity, details, outcome FROM audit_events {clauses}
+                    ORDER BY audit_id DESC LIMIT ?""",  # noqa: S608 - fixed clauses, values bound
+                (*params, limit),
+            )
+            return [AuditRecord(r[0], AuditEntry(*r[1:])) for r in rows]
+
+        return await self._call(op)
+
+    async def prune_audit(self, before: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute("DELETE FROM audit_events WHERE occurred_at < ?", (before,)).rowcount
+            )
 
         return await self._call(op)
 

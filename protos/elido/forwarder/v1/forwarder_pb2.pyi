@@ -162,6 +162,46 @@ EVENT_KIND_CONVERSION: EventKind.ValueType  # 2
 """A conversion attributed to a click."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
+class _AuditAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIT_ACTION_UNSPECIFIED: _AuditAction.ValueType  # 0
+    """Not set; never returned by the server."""
+    AUDIT_ACTION_REGISTER: _AuditAction.ValueType  # 1
+    """RegisterIntegration: a workspace connected, or its key or settings replaced."""
+    AUDIT_ACTION_REMOVE: _AuditAction.ValueType  # 2
+    """RemoveIntegration."""
+    AUDIT_ACTION_REWRAP: _AuditAction.ValueType  # 3
+    """RewrapKeys."""
+    AUDIT_ACTION_REPLAY: _AuditAction.ValueType  # 4
+    """ReplayFailedEvents (dry runs included)."""
+    AUDIT_ACTION_ERASE: _AuditAction.ValueType  # 5
+    """ErasePersonalData."""
+    AUDIT_ACTION_KEY_RECHECK: _AuditAction.ValueType  # 6
+    """A stored key checked again against Klaviyo on demand."""
+
+class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
+    """An admin action recorded in the audit trail."""
+
+AUDIT_ACTION_UNSPECIFIED: AuditAction.ValueType  # 0
+"""Not set; never returned by the server."""
+AUDIT_ACTION_REGISTER: AuditAction.ValueType  # 1
+"""RegisterIntegration: a workspace connected, or its key or settings replaced."""
+AUDIT_ACTION_REMOVE: AuditAction.ValueType  # 2
+"""RemoveIntegration."""
+AUDIT_ACTION_REWRAP: AuditAction.ValueType  # 3
+"""RewrapKeys."""
+AUDIT_ACTION_REPLAY: AuditAction.ValueType  # 4
+"""ReplayFailedEvents (dry runs included)."""
+AUDIT_ACTION_ERASE: AuditAction.ValueType  # 5
+"""ErasePersonalData."""
+AUDIT_ACTION_KEY_RECHECK: AuditAction.ValueType  # 6
+"""A stored key checked again against Klaviyo on demand."""
+Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
+
 class _KeyCheckVerdict:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1254,20 +1294,44 @@ Global___ListFailedEventsResponse: _TypeAlias = ListFailedEventsResponse  # noqa
 
 @_typing.final
 class ReplayFailedEventsRequest(_message.Message):
-    """Request for ReplayFailedEvents."""
+    """Request for ReplayFailedEvents. Name events (`event_ids`), select them (the `failed_*`,
+    `error_contains` and `kind` filters, all of which must hold, together with `event_ids` when
+    given), or set `all`; `all` cannot be combined with ids or filters.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     ALL_FIELD_NUMBER: _builtins.int
+    FAILED_AFTER_FIELD_NUMBER: _builtins.int
+    FAILED_BEFORE_FIELD_NUMBER: _builtins.int
+    ERROR_CONTAINS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace whose failed events are replayed."""
     all: _builtins.bool
     """Replay every failed event of the workspace."""
+    error_contains: _builtins.str
+    """Only events whose last error contains this text (ASCII letters compared ignoring case),
+    e.g. `Klaviyo 400` or `expired`; 1-256 printable characters.
+    """
+    kind: Global___EventKind.ValueType
+    """Only events of this kind; EVENT_KIND_UNSPECIFIED means both."""
+    dry_run: _builtins.bool
+    """Count the events that would be replayed, and change nothing."""
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The events to replay; must be empty when `all` is set."""
+        """The events to replay (at most 1000); must be empty when `all` is set."""
+
+    @_builtins.property
+    def failed_after(self) -> _timestamp_pb2.Timestamp:
+        """Only events that failed at or after this time."""
+
+    @_builtins.property
+    def failed_before(self) -> _timestamp_pb2.Timestamp:
+        """Only events that failed before this time; later than `failed_after` when both are set."""
 
     def __init__(
         self,
@@ -1275,10 +1339,15 @@ class ReplayFailedEventsRequest(_message.Message):
         workspace_id: _builtins.str = ...,
         event_ids: _abc.Iterable[_builtins.str] | None = ...,
         all: _builtins.bool = ...,
+        failed_after: _timestamp_pb2.Timestamp | None = ...,
+        failed_before: _timestamp_pb2.Timestamp | None = ...,
+        error_contains: _builtins.str = ...,
+        kind: Global___EventKind.ValueType = ...,
+        dry_run: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failed_after", b"failed_after", "failed_before", b"failed_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "event_ids", b"event_ids", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "dry_run", b"dry_run", "error_contains", b"error_contains", "event_ids", b"event_ids", "failed_after", b"failed_after", "failed_before", b"failed_before", "kind", b"kind", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1291,17 +1360,272 @@ class ReplayFailedEventsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REPLAYED_COUNT_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
     replayed_count: _builtins.int
-    """Events put back in the delivery queue."""
+    """Events put back in the delivery queue; with `dry_run`, events that would have been."""
+    dry_run: _builtins.bool
+    """Echoes the request's `dry_run`: true when nothing was changed."""
     def __init__(
         self,
         *,
         replayed_count: _builtins.int = ...,
+        dry_run: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed_count", b"replayed_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "replayed_count", b"replayed_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplayFailedEventsResponse: _TypeAlias = ReplayFailedEventsResponse  # noqa: Y015
+
+@_typing.final
+class ErasePersonalDataRequest(_message.Message):
+    """Request for ErasePersonalData. At least one identifier, at most 100 in all; each is matched
+    in the form intake stores: emails NFC-normalised and compared ignoring the case of ASCII
+    letters, phone numbers in E.164 (they must carry their country code, e.g. `+14155550100`),
+    external ids and `_kx` values exactly.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    ALL_WORKSPACES_FIELD_NUMBER: _builtins.int
+    EMAILS_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBERS_FIELD_NUMBER: _builtins.int
+    EXTERNAL_IDS_FIELD_NUMBER: _builtins.int
+    KXS_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """The workspace whose data is erased; empty only with `all_workspaces`."""
+    all_workspaces: _builtins.bool
+    """Erase in every workspace (the identifiers of one person may appear in several)."""
+    @_builtins.property
+    def emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The person's email addresses."""
+
+    @_builtins.property
+    def phone_numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The person's phone numbers, in international form."""
+
+    @_builtins.property
+    def external_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The person's external ids."""
+
+    @_builtins.property
+    def kxs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The person's Klaviyo exchange ids (`_kx` link parameter values)."""
+
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        all_workspaces: _builtins.bool = ...,
+        emails: _abc.Iterable[_builtins.str] | None = ...,
+        phone_numbers: _abc.Iterable[_builtins.str] | None = ...,
+        external_ids: _abc.Iterable[_builtins.str] | None = ...,
+        kxs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_workspaces", b"all_workspaces", "emails", b"emails", "external_ids", b"external_ids", "kxs", b"kxs", "phone_numbers", b"phone_numbers", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasePersonalDataRequest: _TypeAlias = ErasePersonalDataRequest  # noqa: Y015
+
+@_typing.final
+class ErasePersonalDataResponse(_message.Message):
+    """Response for ErasePersonalData: what was deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERASED_CLICK_COUNT_FIELD_NUMBER: _builtins.int
+    ERASED_QUEUED_COUNT_FIELD_NUMBER: _builtins.int
+    ERASED_FAILED_COUNT_FIELD_NUMBER: _builtins.int
+    erased_click_count: _builtins.int
+    """Click-index entries deleted (the records conversions are attributed through)."""
+    erased_queued_count: _builtins.int
+    """Undelivered events deleted (queued, or held while the key is rejected)."""
+    erased_failed_count: _builtins.int
+    """Failed (replayable) events deleted."""
+    def __init__(
+        self,
+        *,
+        erased_click_count: _builtins.int = ...,
+        erased_queued_count: _builtins.int = ...,
+        erased_failed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_click_count", b"erased_click_count", "erased_failed_count", b"erased_failed_count", "erased_queued_count", b"erased_queued_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasePersonalDataResponse: _TypeAlias = ErasePersonalDataResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsRequest(_message.Message):
+    """Request for ListAuditEvents. Entries match every filter given."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Only entries of this workspace; empty means every entry (including those of actions
+    that spanned every workspace, which carry no workspace id).
+    """
+    page_size: _builtins.int
+    """Maximum entries to return, 1-1000; 0 means 100."""
+    page_token: _builtins.str
+    """`next_page_token` from a previous response with the same filters; empty for the first
+    page.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only entries at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only entries before this time; later than `start_time` when both are set."""
+
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsRequest: _TypeAlias = ListAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsResponse(_message.Message):
+    """Response for ListAuditEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next (older) page; empty on the last page."""
+    @_builtins.property
+    def audit_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]:
+        """The entries of this page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        audit_events: _abc.Iterable[Global___AuditEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_events", b"audit_events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class AuditCaller(_message.Message):
+    """Who performed an audited action."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_NAME_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    CLIENT_IDENTITY_FIELD_NUMBER: _builtins.int
+    token_name: _builtins.str
+    """The name of the caller's bearer token (from the token file)."""
+    client_identity: _builtins.str
+    """The mTLS client certificate's identity (its common name, else its first subject
+    alternative name); empty without mTLS.
+    """
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The token's roles, e.g. `admin`."""
+
+    def __init__(
+        self,
+        *,
+        token_name: _builtins.str = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        client_identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_identity", b"client_identity", "roles", b"roles", "token_name", b"token_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditCaller: _TypeAlias = AuditCaller  # noqa: Y015
+
+@_typing.final
+class AuditEvent(_message.Message):
+    """One entry of the audit trail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    audit_id: _builtins.str
+    """The entry's id; ids grow with time."""
+    action: Global___AuditAction.ValueType
+    """What was done."""
+    workspace_id: _builtins.str
+    """The workspace acted on; empty for an action spanning every workspace (or a request
+    whose workspace id was invalid).
+    """
+    outcome: _builtins.str
+    """`OK`, or the stable `ErrorInfo` reason the caller was answered with, e.g.
+    `INTEGRATION_NOT_FOUND`.
+    """
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the action finished."""
+
+    @_builtins.property
+    def caller(self) -> Global___AuditCaller:
+        """Who did it."""
+
+    @_builtins.property
+    def details(self) -> _struct_pb2.Struct:
+        """What changed, e.g. `key_fingerprint` and `replaced` for a registration, the counts of an
+        erasure and `identifier_hashes` (HMAC-SHA256 of each identifier, see the operator guide).
+        Never a key or an identifier.
+        """
+
+    def __init__(
+        self,
+        *,
+        audit_id: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        action: Global___AuditAction.ValueType = ...,
+        workspace_id: _builtins.str = ...,
+        caller: Global___AuditCaller | None = ...,
+        details: _struct_pb2.Struct | None = ...,
+        outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "details", b"details", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "audit_id", b"audit_id", "caller", b"caller", "details", b"details", "outcome", b"outcome", "time", b"time", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015

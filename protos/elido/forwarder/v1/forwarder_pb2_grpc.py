@@ -92,6 +92,16 @@ class ForwarderServiceStub:
                 request_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ReplayFailedEventsRequest.SerializeToString,
                 response_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ReplayFailedEventsResponse.FromString,
                 _registered_method=True)
+        self.ErasePersonalData = channel.unary_unary(
+                '/elido.forwarder.v1.ForwarderService/ErasePersonalData',
+                request_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataRequest.SerializeToString,
+                response_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/elido.forwarder.v1.ForwarderService/ListAuditEvents',
+                request_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ForwarderServiceServicer:
@@ -194,7 +204,33 @@ class ForwarderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReplayFailedEvents(self, request, context):
-        """Puts failed events back in the delivery queue: the named ones, or all of a workspace's.
+        """Puts failed events back in the delivery queue: the named ones, those matching a
+        selection (failed within a time range, by error text, by kind), or all of a workspace's.
+        Replayed events keep their `unique_id`; those older than the integration's backfill
+        threshold go as backfill. With `dry_run` nothing changes and the count says how many
+        events would be replayed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ErasePersonalData(self, request, context):
+        """Erases a person (a GDPR / CCPA data-subject request): deletes the click-index entries and
+        every undelivered event (queued, held or failed) that carries one of the identifiers, in
+        one workspace or in all. Durable before it answers; afterwards a conversion citing one of
+        the erased clicks is CONVERSION_DISPOSITION_UNATTRIBUTED. Clicks arriving later are new
+        data and are taken as usual. Events already delivered live in Klaviyo: erasing the
+        profile there is a Klaviyo operation. Errors never echo an identifier.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Lists the audit trail (every admin action that changes something: register, remove,
+        rewrap, replay, erase, key re-check, with the caller and the outcome), newest first, a
+        page at a time. Entries hold key fingerprints and keyed hashes, never keys or
+        identifiers. Entries older than the retention (default 400 days) are pruned.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +293,16 @@ def add_ForwarderServiceServicer_to_server(servicer, server):
                     servicer.ReplayFailedEvents,
                     request_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ReplayFailedEventsRequest.FromString,
                     response_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ReplayFailedEventsResponse.SerializeToString,
+            ),
+            'ErasePersonalData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ErasePersonalData,
+                    request_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataRequest.FromString,
+                    response_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +605,60 @@ class ForwarderService:
             '/elido.forwarder.v1.ForwarderService/ReplayFailedEvents',
             elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ReplayFailedEventsRequest.SerializeToString,
             elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ReplayFailedEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ErasePersonalData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/elido.forwarder.v1.ForwarderService/ErasePersonalData',
+            elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataRequest.SerializeToString,
+            elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ErasePersonalDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/elido.forwarder.v1.ForwarderService/ListAuditEvents',
+            elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsRequest.SerializeToString,
+            elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,7 +98,26 @@ class ForwarderServiceStub:
     error, oldest first.
     """
     ReplayFailedEvents: _grpc.UnaryUnaryMultiCallable[_forwarder_pb2.ReplayFailedEventsRequest, _forwarder_pb2.ReplayFailedEventsResponse]
-    """Puts failed events back in the delivery queue: the named ones, or all of a workspace's."""
+    """Puts failed events back in the delivery queue: the named ones, those matching a
+    selection (failed within a time range, by error text, by kind), or all of a workspace's.
+    Replayed events keep their `unique_id`; those older than the integration's backfill
+    threshold go as backfill. With `dry_run` nothing changes and the count says how many
+    events would be replayed.
+    """
+    ErasePersonalData: _grpc.UnaryUnaryMultiCallable[_forwarder_pb2.ErasePersonalDataRequest, _forwarder_pb2.ErasePersonalDataResponse]
+    """Erases a person (a GDPR / CCPA data-subject request): deletes the click-index entries and
+    every undelivered event (queued, held or failed) that carries one of the identifiers, in
+    one workspace or in all. Durable before it answers; afterwards a conversion citing one of
+    the erased clicks is CONVERSION_DISPOSITION_UNATTRIBUTED. Clicks arriving later are new
+    data and are taken as usual. Events already delivered live in Klaviyo: erasing the
+    profile there is a Klaviyo operation. Errors never echo an identifier.
+    """
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_forwarder_pb2.ListAuditEventsRequest, _forwarder_pb2.ListAuditEventsResponse]
+    """Lists the audit trail (every admin action that changes something: register, remove,
+    rewrap, replay, erase, key re-check, with the caller and the outcome), newest first, a
+    page at a time. Entries hold key fingerprints and keyed hashes, never keys or
+    identifiers. Entries older than the retention (default 400 days) are pruned.
+    """
 
 @_typing.type_check_only
 class ForwarderServiceAsyncStub(ForwarderServiceStub):
@@ -160,7 +179,26 @@ class ForwarderServiceAsyncStub(ForwarderServiceStub):
     error, oldest first.
     """
     ReplayFailedEvents: _aio.UnaryUnaryMultiCallable[_forwarder_pb2.ReplayFailedEventsRequest, _forwarder_pb2.ReplayFailedEventsResponse]  # type: ignore[assignment]
-    """Puts failed events back in the delivery queue: the named ones, or all of a workspace's."""
+    """Puts failed events back in the delivery queue: the named ones, those matching a
+    selection (failed within a time range, by error text, by kind), or all of a workspace's.
+    Replayed events keep their `unique_id`; those older than the integration's backfill
+    threshold go as backfill. With `dry_run` nothing changes and the count says how many
+    events would be replayed.
+    """
+    ErasePersonalData: _aio.UnaryUnaryMultiCallable[_forwarder_pb2.ErasePersonalDataRequest, _forwarder_pb2.ErasePersonalDataResponse]  # type: ignore[assignment]
+    """Erases a person (a GDPR / CCPA data-subject request): deletes the click-index entries and
+    every undelivered event (queued, held or failed) that carries one of the identifiers, in
+    one workspace or in all. Durable before it answers; afterwards a conversion citing one of
+    the erased clicks is CONVERSION_DISPOSITION_UNATTRIBUTED. Clicks arriving later are new
+    data and are taken as usual. Events already delivered live in Klaviyo: erasing the
+    profile there is a Klaviyo operation. Errors never echo an identifier.
+    """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_forwarder_pb2.ListAuditEventsRequest, _forwarder_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Lists the audit trail (every admin action that changes something: register, remove,
+    rewrap, replay, erase, key re-check, with the caller and the outcome), newest first, a
+    page at a time. Entries hold key fingerprints and keyed hashes, never keys or
+    identifiers. Entries older than the retention (default 400 days) are pruned.
+    """
 
 class ForwarderServiceServicer(metaclass=_abc_1.ABCMeta):
     """ForwarderService connects Elido workspaces to Klaviyo and forwards their clicks and
@@ -285,6 +323,37 @@ class ForwarderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _forwarder_pb2.ReplayFailedEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_forwarder_pb2.ReplayFailedEventsResponse, _abc.Awaitable[_forwarder_pb2.ReplayFailedEventsResponse]]:
-        """Puts failed events back in the delivery queue: the named ones, or all of a workspace's."""
+        """Puts failed events back in the delivery queue: the named ones, those matching a
+        selection (failed within a time range, by error text, by kind), or all of a workspace's.
+        Replayed events keep their `unique_id`; those older than the integration's backfill
+        threshold go as backfill. With `dry_run` nothing changes and the count says how many
+        events would be replayed.
+        """
+
+    @_abc_1.abstractmethod
+    def ErasePersonalData(
+        self,
+        request: _forwarder_pb2.ErasePersonalDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forwarder_pb2.ErasePersonalDataResponse, _abc.Awaitable[_forwarder_pb2.ErasePersonalDataResponse]]:
+        """Erases a person (a GDPR / CCPA data-subject request): deletes the click-index entries and
+        every undelivered event (queued, held or failed) that carries one of the identifiers, in
+        one workspace or in all. Durable before it answers; afterwards a conversion citing one of
+        the erased clicks is CONVERSION_DISPOSITION_UNATTRIBUTED. Clicks arriving later are new
+        data and are taken as usual. Events already delivered live in Klaviyo: erasing the
+        profile there is a Klaviyo operation. Errors never echo an identifier.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _forwarder_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forwarder_pb2.ListAuditEventsResponse, _abc.Awaitable[_forwarder_pb2.ListAuditEventsResponse]]:
+        """Lists the audit trail (every admin action that changes something: register, remove,
+        rewrap, replay, erase, key re-check, with the caller and the outcome), newest first, a
+        page at a time. Entries hold key fingerprints and keyed hashes, never keys or
+        identifiers. Entries older than the retention (default 400 days) are pruned.
+        """
 
 def add_ForwarderServiceServicer_to_server(servicer: ForwarderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
