@@ -162,6 +162,27 @@ class AsyncForwarderClient:
             "RewrapKeys", self._stub.RewrapKeys, _requests.rewrap(workspace_id), timeout_s
         )
 
+    async def verify_integration_key(
+        self,
+        workspace_id: str | pb.VerifyIntegrationKeyRequest,
+        test_event_profile: pb.ProfileIdentifiers | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> pb.VerifyIntegrationKeyResponse:
+        """Checks the stored key against Klaviyo again; optionally sends a test event.
+
+        Retried when safe: a check alone changes nothing Klaviyo-side, but a retry after a
+        bare ``UNAVAILABLE`` could send a second test event, so calls with one are not.
+        """
+        request = _requests.verify(workspace_id, test_event_profile)
+        return await self._unary(
+            "VerifyIntegrationKey",
+            self._stub.VerifyIntegrationKey,
+            request,
+            timeout_s,
+            idempotent=not request.HasField("test_event_profile"),
+        )
+
     async def forward_click(
         self, click: pb.Click | pb.ForwardClickRequest, *, timeout_s: float | None = None
     ) -> pb.ForwardClickResponse:

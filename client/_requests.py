@@ -75,6 +75,18 @@ def rewrap(workspace_id: str | pb.RewrapKeysRequest) -> pb.RewrapKeysRequest:
     return pb.RewrapKeysRequest(workspace_id=workspace_id)
 
 
+def verify(
+    workspace_id: str | pb.VerifyIntegrationKeyRequest,
+    test_event_profile: pb.ProfileIdentifiers | None,
+) -> pb.VerifyIntegrationKeyRequest:
+    if isinstance(workspace_id, pb.VerifyIntegrationKeyRequest):
+        return workspace_id
+    request = pb.VerifyIntegrationKeyRequest(workspace_id=workspace_id)
+    if test_event_profile is not None:
+        request.test_event_profile.CopyFrom(test_event_profile)
+    return request
+
+
 def forward_click(click: pb.Click | pb.ForwardClickRequest) -> pb.ForwardClickRequest:
     if isinstance(click, pb.ForwardClickRequest):
         return click

@@ -132,6 +132,7 @@ class Forwarder:
                 self.delivery,
                 self._workers,
                 AuditLog(self.store, tokens, self._config.audit.hmac_key),
+                klaviyo=self._client,
             ),
             server,
         )

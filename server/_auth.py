@@ -42,6 +42,7 @@ METHOD_ROLES: Final[Mapping[str, Role]] = {
             "GetIntegration",
             "ListIntegrations",
             "RewrapKeys",
+            "VerifyIntegrationKey",
             "ListFailedEvents",
             "ReplayFailedEvents",
             "ErasePersonalData",

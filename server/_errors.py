@@ -30,6 +30,8 @@ class Reason(enum.StrEnum):
     INTEGRATION_NOT_FOUND = "INTEGRATION_NOT_FOUND"
     VAULT_UNAVAILABLE = "VAULT_UNAVAILABLE"
     VAULT_DENIED = "VAULT_DENIED"
+    KEY_REJECTED = "KEY_REJECTED"
+    KEY_SCOPE_MISSING = "KEY_SCOPE_MISSING"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
@@ -111,6 +113,34 @@ def not_found(workspace_id: str) -> ApiError:
         f"workspace {workspace_id!r} has no integration",
         Reason.INTEGRATION_NOT_FOUND,
         metadata={"workspace_id": workspace_id},
+    )
+
+
+def key_rejected(status: int | None) -> ApiError:
+    """``INVALID_ARGUMENT`` for a private key Klaviyo does not know; nothing was stored."""
+    return ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Klaviyo does not know this private key; nothing was stored",
+        Reason.KEY_REJECTED,
+        violations=[
+            Violation(
+                "private_key",
+                f"Klaviyo does not know this key (HTTP {status}); copy it again or create a "
+                "new private key",
+            )
+        ],
+        metadata={"klaviyo_status": str(status)},
+    )
+
+
+def key_scope_missing(status: int | None) -> ApiError:
+    """``FAILED_PRECONDITION`` for a valid key without ``events:write``; nothing was stored."""
+    return ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the private key lacks the events:write scope; add it in Klaviyo and register again. "
+        "Nothing was stored",
+        Reason.KEY_SCOPE_MISSING,
+        metadata={"missing_scope": "events:write", "klaviyo_status": str(status)},
     )
 
 

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, Final, TextIO, TypeVar
 
 from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.protobuf import json_format
@@ -104,6 +104,47 @@ async def remove(args: argparse.Namespace, client: AsyncForwarderClient, io: Io)
             "undelivered events.\n"
         )
     return ExitCode.OK
+
+
+_VERDICT_TEXT: Final = {
+    pb.KEY_CHECK_VERDICT_VALID: "Klaviyo accepts the key (events:write present)",
+    pb.KEY_CHECK_VERDICT_KEY_REJECTED: "Klaviyo does not know the key",
+    pb.KEY_CHECK_VERDICT_SCOPE_MISSING: "the key lacks the events:write scope",
+    pb.KEY_CHECK_VERDICT_INCONCLUSIVE: "Klaviyo could not be asked; the state is unchanged",
+}
+
+
+async def verify(args: argparse.Namespace, client: AsyncForwarderClient, io: Io) -> ExitCode:
+    profile = None
+    if args.test_event_email or args.test_event_phone or args.test_event_external_id:
+        profile = pb.ProfileIdentifiers(
+            email=args.test_event_email,
+            phone_number=args.test_event_phone,
+            external_id=args.test_event_external_id,
+        )
+    response = await client.verify_integration_key(args.workspace, profile)
+    valid = response.verdict == pb.KEY_CHECK_VERDICT_VALID
+    test_ok = not response.HasField("test_event") or response.test_event.accepted
+    if args.json:
+        out.write_json(io.stdout, out.to_dict(response))
+    else:
+        verdict = out.enum_name(pb.KeyCheckVerdict.Name(response.verdict), "KEY_CHECK_VERDICT_")
+        text = _VERDICT_TEXT.get(response.verdict, "")
+        io.stdout.write(f"Key check: {verdict}: {text}.\n")
+        if response.detail and not valid:
+            io.stdout.write(f"Klaviyo answered: {response.detail}\n")
+        if response.HasField("test_event"):
+            test = response.test_event
+            if test.accepted:
+                io.stdout.write(
+                    f'Test event sent (metric "Elido Test Event", unique_id {test.unique_id}).\n'
+                )
+            else:
+                io.stdout.write(f"Test event not accepted: {test.detail}\n")
+        io.stdout.write(out.integration_details(response.integration))
+    if response.verdict == pb.KEY_CHECK_VERDICT_INCONCLUSIVE:
+        return ExitCode.UNAVAILABLE
+    return ExitCode.OK if valid and test_ok else ExitCode.ERROR
 
 
 async def rewrap(args: argparse.Namespace, client: AsyncForwarderClient, io: Io) -> ExitCode:
@@ -389,6 +430,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("integrations", "get"): get,
     ("integrations", "list"): list_,
     ("integrations", "remove"): remove,
+    ("integrations", "verify"): verify,
     ("integrations", "rewrap"): rewrap,
     ("clicks", "send"): send_clicks,
     ("conversions", "send"): send_conversions,

@@ -177,6 +177,21 @@ def build_parser(
     remove = _leaf(actions, "remove", "disconnect a workspace, destroying its key")
     remove.add_argument("--workspace", required=True)
     remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    verify = _leaf(
+        actions,
+        "verify",
+        "check a workspace's stored key against Klaviyo again; optionally send a test event",
+    )
+    verify.add_argument("--workspace", required=True)
+    verify.add_argument(
+        "--test-event-email", default="", metavar="EMAIL", help="send a test event to this profile"
+    )
+    verify.add_argument(
+        "--test-event-phone", default="", metavar="PHONE", help="... or to this phone number"
+    )
+    verify.add_argument(
+        "--test-event-external-id", default="", metavar="ID", help="... or to this external id"
+    )
     rewrap = _leaf(actions, "rewrap", "rewrap stored keys to the newest transit key version")
     rewrap.add_argument("--workspace", default="", help="only this workspace (default: all)")
 

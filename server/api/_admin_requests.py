@@ -16,12 +16,13 @@ from elido_common.syntax import KX_PATTERN, MAX_EXTERNAL_ID, is_email, normalize
 from server._errors import Violation, invalid_argument
 from server._secret import is_valid_private_key
 from server.intake._phones import REGIONS, normalize_phone
-from server.intake._validation import check_workspace_id
+from server.intake._validation import check_workspace_id, validate_identifiers
 from server.store._records import (
     DEFAULT_EMAIL_PARAMETERS,
     ErasureTargets,
     EventKind,
     FailedSelection,
+    Identifiers,
     IntegrationSettings,
 )
 
@@ -356,3 +357,34 @@ def audit_query(request: pb.ListAuditEventsRequest) -> AuditQuery:
             ]
         )
     return AuditQuery(workspace, since, until, size, int(before))
+
+
+def test_event_profile(request: pb.VerifyIntegrationKeyRequest, region: str) -> Identifiers | None:
+    """The profile a key check's test event goes to (None: no test event asked for).
+
+    Validated like a click's identifiers (phone numbers without ``+`` in the integration's
+    ``region``); ``kx`` is refused: the owner must be able to look the profile up. Violations
+    never quote the value. Raises INVALID_ARGUMENT.
+    """
+    if not request.HasField("test_event_profile"):
+        return None
+    field = "test_event_profile"
+    ids = request.test_event_profile
+    out: list[Violation] = []
+    named = pb.ProfileIdentifiers(
+        email=ids.email, phone_number=ids.phone_number, external_id=ids.external_id
+    )
+    identifiers = validate_identifiers(named, field, region, out)
+    if ids.kx:
+        out.append(
+            Violation(
+                f"{field}.kx",
+                "not taken for a test event: name the profile by email, phone number or "
+                "external id",
+            )
+        )
+    if not (ids.email or ids.phone_number or ids.external_id):
+        out.append(Violation(field, "name the profile by email, phone number or external id"))
+    if out:
+        raise invalid_argument(out)
+    return identifiers

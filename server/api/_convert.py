@@ -8,6 +8,7 @@ from typing import Final
 from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.protobuf import timestamp_pb2
 
+from server.delivery._klaviyo import KeyVerdict
 from server.intake._batch import BatchOutcome
 from server.store._records import (
     AuditRecord,
@@ -36,6 +37,13 @@ CONVERSION_DISPOSITION: Final = {
 _STATE: Final = {
     IntegrationState.ACTIVE: pb.INTEGRATION_STATE_ACTIVE,
     IntegrationState.KEY_REJECTED: pb.INTEGRATION_STATE_KEY_REJECTED,
+    IntegrationState.UNVERIFIED: pb.INTEGRATION_STATE_UNVERIFIED,
+}
+KEY_CHECK_VERDICT: Final = {
+    KeyVerdict.VALID: pb.KEY_CHECK_VERDICT_VALID,
+    KeyVerdict.UNKNOWN_KEY: pb.KEY_CHECK_VERDICT_KEY_REJECTED,
+    KeyVerdict.SCOPE_MISSING: pb.KEY_CHECK_VERDICT_SCOPE_MISSING,
+    KeyVerdict.INCONCLUSIVE: pb.KEY_CHECK_VERDICT_INCONCLUSIVE,
 }
 _KIND: Final = {
     EventKind.CLICK: pb.EVENT_KIND_CLICK,

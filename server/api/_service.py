@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final, Protocol
 
@@ -20,6 +21,8 @@ from server._errors import (
     Violation,
     abort,
     invalid_argument,
+    key_rejected,
+    key_scope_missing,
     not_found,
     store_unavailable,
     vault_unavailable,
@@ -32,17 +35,26 @@ from server.api._audit import AuditLog
 from server.api._convert import (
     CLICK_DISPOSITION,
     CONVERSION_DISPOSITION,
+    KEY_CHECK_VERDICT,
     audit_event_message,
     failed_event_message,
     integration_message,
     stream_clicks_response,
 )
+from server.delivery._klaviyo import KeyCheck, KeyVerdict, KlaviyoClient
+from server.delivery._payloads import build_test_event
 from server.intake._batch import BatchOutcome, validate_batch
 from server.intake._coalescer import Coalescer
 from server.intake._validation import validate_click, validate_conversion
 from server.intake._workers import IntakeWorkers
 from server.store import Store, StoreError
-from server.store._records import ClickOutcome, ConversionOutcome, NewClick
+from server.store._records import (
+    ClickOutcome,
+    ConversionOutcome,
+    IntegrationRecord,
+    IntegrationState,
+    NewClick,
+)
 from server.vault import KeyDestroyed, KeyVault, VaultDenied, VaultUnavailable
 
 _log = structlog.get_logger(__name__)
@@ -108,10 +120,14 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         wakeup: DeliveryWakeup,
         workers: IntakeWorkers | None = None,
         audit: AuditLog | None = None,
+        *,
+        klaviyo: KlaviyoClient,
     ) -> None:
         self._store = store
         # Every admin action that changes something is recorded (see _audit).
         self._audit = audit or AuditLog(store, None)
+        # Asked about keys (RegisterIntegration, VerifyIntegrationKey); delivery has its own.
+        self._klaviyo = klaviyo
         # StreamClicks batches go to worker processes when there are any (see _workers).
         self._workers = workers
         self._vault = vault
@@ -146,6 +162,26 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
         key = PrivateKey(request.private_key)
         details["key_fingerprint"] = key.fingerprint  # never the key
         ws = request.workspace_id
+        # Before anything is stored (Vault's transit key included): a wrong key goes no further.
+        # Not through the account's rate limiter: that belongs to whichever replica delivers
+        # the account (none yet for a new one), and a registration must answer in seconds. At
+        # worst the probe costs that account one 429, which delivery retries; a 429 to the
+        # probe itself is only inconclusive.
+        check = await self._klaviyo.probe_key(key)
+        self._log_check("registration", ws, key, check)
+        details["key_check"] = str(check.verdict)
+        if check.verdict is KeyVerdict.UNKNOWN_KEY:
+            raise key_rejected(check.status_code)
+        if check.verdict is KeyVerdict.SCOPE_MISSING:
+            raise key_scope_missing(check.status_code)
+        if check.verdict is KeyVerdict.VALID:
+            state, state_reason = IntegrationState.ACTIVE, ""
+        else:
+            state = IntegrationState.UNVERIFIED
+            state_reason = (
+                f"Klaviyo could not confirm the key at registration ({check.detail}); "
+                "the first delivery settles it"
+            )
         # One registration of a workspace at a time in this process: a failed one may delete
         # the transit key it created, which a concurrent one must not be using.
         lock, users = self._registering.get(ws, (asyncio.Lock(), 0))
@@ -163,6 +199,8 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
                         key.account,
                         settings,
                         time.time(),
+                        state=state,
+                        state_reason=state_reason,
                     )
                 except StoreError:
                     # Nothing was committed (a cancelled call is left alone: its commit
@@ -183,11 +221,106 @@ class ForwarderService(pb_grpc.ForwarderServiceServicer):
             workspace_id=request.workspace_id,
             key_fingerprint=key.fingerprint,
             replaced=replaced,
+            state=str(record.state),
         )
         counters = await self._store.delivery_counters(request.workspace_id)
         return pb.RegisterIntegrationResponse(
             integration=integration_message(record, counters), replaced=replaced
         )
+
+    @staticmethod
+    def _log_check(when: str, workspace_id: str, key: PrivateKey, check: KeyCheck) -> None:
+        _log.info(
+            "key checked",
+            at=when,
+            workspace_id=workspace_id,
+            key_fingerprint=key.fingerprint,
+            verdict=str(check.verdict),
+            status=check.status_code,
+            detail=check.detail,
+        )
+
+    @_handles_errors
+    async def VerifyIntegrationKey(
+        self, request: pb.VerifyIntegrationKeyRequest, context: Context
+    ) -> pb.VerifyIntegrationKeyResponse:
+        async with self._audit.action(context, audit.KEY_RECHECK, request.workspace_id) as details:
+            response = await self._verify(request)
+            details["verdict"] = pb.KeyCheckVerdict.Name(response.verdict)
+            details["state"] = pb.IntegrationState.Name(response.integration.state)
+            details["key_fingerprint"] = response.integration.key_fingerprint
+            if response.HasField("test_event"):
+                # The event's id, not the profile it went to: no identifier in the audit log.
+                details["test_event_unique_id"] = response.test_event.unique_id
+                details["test_event_accepted"] = response.test_event.accepted
+            return response
+
+    async def _verify(
+        self, request: pb.VerifyIntegrationKeyRequest
+    ) -> pb.VerifyIntegrationKeyResponse:
+        ws = request.workspace_id
+        admin.require_workspace_id(ws)
+        record = await self._store.get_integration(ws)
+        if record is None:
+            raise not_found(ws)
+        profile = admin.test_event_profile(request, record.settings.default_phone_region)
+        try:
+            key = await self._vault.decrypt(ws, record.ciphertext)
+        except KeyDestroyed:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the stored key can no longer be decrypted (transit key destroyed); "
+                "register a new key",
+                Reason.KEY_REJECTED,
+            ) from None
+        check = await self._klaviyo.probe_key(key)
+        self._log_check("verify", ws, key, check)
+        await self._settle(record, check)
+        response = pb.VerifyIntegrationKeyResponse(
+            verdict=KEY_CHECK_VERDICT[check.verdict], detail=check.detail
+        )
+        if profile is not None and check.verdict is KeyVerdict.VALID:
+            # New per test: Klaviyo keeps the first event per profile, metric and unique_id.
+            unique_id = f"elido-test-{uuid.uuid4().hex}"
+            result = await self._klaviyo.create_event(
+                key, build_test_event(profile, unique_id, time.time())
+            )
+            response.test_event.CopyFrom(
+                pb.TestEvent(
+                    unique_id=unique_id,
+                    accepted=result.ok,
+                    detail="" if result.ok else f"{result.outcome.value}: {result.detail}",
+                )
+            )
+            _log.info("test event sent", workspace_id=ws, unique_id=unique_id, accepted=result.ok)
+        response.integration.CopyFrom(await self._integration(ws))
+        return response
+
+    async def _settle(self, record: IntegrationRecord, check: KeyCheck) -> None:
+        """Set the integration's state from a key check (an inconclusive one changes nothing)."""
+        if check.verdict is KeyVerdict.VALID:
+            state, reason = IntegrationState.ACTIVE, ""
+        elif check.verdict is KeyVerdict.UNKNOWN_KEY:
+            state = IntegrationState.KEY_REJECTED
+            reason = f"key check: Klaviyo answered {check.status_code}: {check.detail}"
+        elif check.verdict is KeyVerdict.SCOPE_MISSING:
+            state = IntegrationState.KEY_REJECTED
+            reason = (
+                f"key check: the key lacks the events:write scope "
+                f"(Klaviyo answered {check.status_code}: {check.detail})"
+            )
+        else:
+            return
+        if state is record.state and reason == record.state_reason:
+            return
+        # Compare-and-set on the ciphertext: a key registered meanwhile is left alone.
+        if await self._store.set_key_state(
+            record.workspace_id, record.ciphertext, state, reason, time.time()
+        ):
+            if state.delivers:
+                self._wakeup.notify()
+            else:
+                self._vault.forget(record.workspace_id)
 
     async def _discard_new_key(self, workspace_id: str) -> None:
         """Delete the transit key a failed first registration created: nothing stays behind.

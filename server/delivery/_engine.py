@@ -21,7 +21,8 @@ Create Events jobs (throughput). Outcomes: 202 deletes the events; 429 and trans
 failures reschedule them with backoff (429s don't count as attempts); a 400 marks a single
 event failed with Klaviyo's detail (a rejected bulk job is retried event by event to find
 the bad one); 401/403 marks the key rejected and leaves the events queued (held) until a
-new key is registered.
+new key is registered. An integration registered while Klaviyo could not confirm its key
+(``unverified``) is delivered like an active one, and its first 202 makes it active.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ class DeliveryEngine:
         config = self._config
         now = self._clock()
         record = await self._store.get_integration(workspace_id)
-        if record is None or record.state is not IntegrationState.ACTIVE:
+        if record is None or not record.state.delivers:
             return
         events = await self._store.due_events(workspace_id, now, config.fetch_limit)
         if not events:
@@ -415,6 +416,13 @@ class DeliveryEngine:
         if delivered:
             await self._store.mark_delivered(held.lease, ws, delivered, now)
             DELIVERED.labels(endpoint.value).inc(len(delivered))
+            if record.state is IntegrationState.UNVERIFIED:
+                # Klaviyo took events with this key: what the registration could not confirm.
+                await self._store.set_key_state(
+                    ws, record.ciphertext, IntegrationState.ACTIVE, "", now,
+                    only_from=IntegrationState.UNVERIFIED,
+                )  # fmt: skip
+                _log.info("key confirmed by a delivery", workspace_id=ws)
         for (when, label, counts), ids in later.items():
             await self._store.mark_retry(
                 held.lease, ws, ids, when, label, now, count_attempt=counts

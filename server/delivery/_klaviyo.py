@@ -14,6 +14,13 @@ Classification:
   page) -> TRANSIENT: Klaviyo never judged the key.
 - 408/425 -> TRANSIENT; any other 4xx -> INVALID (detail from ``errors[]`` or the page text).
 - 5xx, timeouts, connection failures -> TRANSIENT.
+
+Key check (:meth:`KlaviyoClient.probe_key`): Klaviyo reports no scopes, and the forwarder's key
+may read nothing. So the probe is a Create Event whose body Klaviyo must refuse (``properties``
+alone: no metric, no profile). Klaviyo checks the key, then the scope, then the body; the probe
+never writes, and its answer tells (:class:`KeyVerdict`): 401 -> UNKNOWN_KEY, 403 ->
+SCOPE_MISSING (no ``events:write``), 400 -> VALID (the key passed both checks). Anything else
+— a CDN's page, 429, 5xx, a timeout, no connection — is INCONCLUSIVE: nothing was learnt.
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ JSON_API: Final = "application/vnd.api+json"
 EVENTS_PATH: Final = "/api/events"
 BULK_PATH: Final = "/api/event-bulk-create-jobs"
 PROFILES_PATH: Final = "/api/profiles"
+# Refused by Klaviyo's body validation (EventCreateQueryV2 requires metric and profile), which
+# runs only after the key and its events:write scope passed: nothing can be written.
+PROBE_BODY: Final = {"data": {"type": "event", "attributes": {"properties": {}}}}
+# A registration waits for the probe: never as long as a delivery request may take.
+PROBE_TIMEOUT_S: Final = 5.0
 
 # An operator reads detail in GetIntegration; a CDN page or a long error list must not flood it.
 _MAX_DETAIL_CHARS: Final = 500
@@ -73,6 +85,24 @@ class Outcome(enum.StrEnum):
     KEY_REJECTED = "key_rejected"  # 401/403: hold the integration's events until a new key.
     INVALID = "invalid"  # Any other 4xx: the payload is wrong; retrying cannot help.
     TRANSIENT = "transient"  # 5xx, timeout, connection failure: retry with backoff.
+
+
+class KeyVerdict(enum.StrEnum):
+    """What a key probe found out about a key."""
+
+    VALID = "valid"  # 400 to the probe's invalid body: the key and events:write passed.
+    UNKNOWN_KEY = "unknown_key"  # 401: Klaviyo does not know the key.
+    SCOPE_MISSING = "scope_missing"  # 403: a valid key without events:write.
+    INCONCLUSIVE = "inconclusive"  # 429, 5xx, a CDN page, timeout, unreachable, unexpected.
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """The answer to a key probe; ``detail`` is safe to show (never the key)."""
+
+    verdict: KeyVerdict
+    status_code: int | None
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +180,28 @@ class KlaviyoClient:
             )
         return result
 
+    async def probe_key(self, key: PrivateKey) -> KeyCheck:
+        """Checks the key and its ``events:write`` scope without writing (see the module doc)."""
+        content = json.dumps(PROBE_BODY).encode()
+        timeout = min(self._config.timeout_s, PROBE_TIMEOUT_S)
+        response, failure = await self._request("POST", EVENTS_PATH, key, content, timeout)
+        if response is None:
+            return KeyCheck(KeyVerdict.INCONCLUSIVE, None, failure)
+        status = response.status_code
+        detail = _scrub(_error_detail(response), key)
+        if status in (400, 401, 403) and _is_klaviyo_error(response):
+            verdict = {
+                400: KeyVerdict.VALID,
+                401: KeyVerdict.UNKNOWN_KEY,
+                403: KeyVerdict.SCOPE_MISSING,
+            }[status]
+            return KeyCheck(verdict, status, detail)
+        if 200 <= status < 300:
+            # Not what Klaviyo documents for this body, but the key and scope passed either way.
+            log.warning("klaviyo.probe_accepted", status=status, key=key.fingerprint)
+            return KeyCheck(KeyVerdict.VALID, status, f"HTTP {status}")
+        return KeyCheck(KeyVerdict.INCONCLUSIVE, status, detail)
+
     async def aclose(self) -> None:
         """Closes the connection pool."""
         await self._http.aclose()
@@ -163,19 +215,9 @@ class KlaviyoClient:
     async def _send(
         self, method: str, path: str, key: PrivateKey, content: bytes | None
     ) -> KlaviyoResult:
-        headers = {
-            "Authorization": f"Klaviyo-API-Key {key.reveal()}",
-            "revision": self._config.revision,
-            "Accept": JSON_API,
-        }
-        if content is not None:
-            headers["Content-Type"] = JSON_API
-        try:
-            response = await self._http.request(method, path, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            result = _transport_failure(f"timeout after {self._config.timeout_s:g}s", exc, key)
-        except httpx.TransportError as exc:
-            result = _transport_failure("connection failed", exc, key)
+        response, failure = await self._request(method, path, key, content)
+        if response is None:
+            result = KlaviyoResult(Outcome.TRANSIENT, None, None, failure, None)
         else:
             result = classify(response, key)
         if result.outcome is not Outcome.ACCEPTED:
@@ -189,6 +231,33 @@ class KlaviyoClient:
                 detail=result.detail,
             )
         return result
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        key: PrivateKey,
+        content: bytes | None,
+        timeout_s: float | None = None,
+    ) -> tuple[httpx.Response | None, str]:
+        """The response, or None and a scrubbed description of the transport failure."""
+        headers = {
+            "Authorization": f"Klaviyo-API-Key {key.reveal()}",
+            "revision": self._config.revision,
+            "Accept": JSON_API,
+        }
+        if content is not None:
+            headers["Content-Type"] = JSON_API
+        timeout = self._config.timeout_s if timeout_s is None else timeout_s
+        try:
+            response = await self._http.request(
+                method, path, content=content, headers=headers, timeout=timeout
+            )
+        except httpx.TimeoutException as exc:
+            return None, _transport_failure(f"timeout after {timeout:g}s", exc, key)
+        except httpx.TransportError as exc:
+            return None, _transport_failure("connection failed", exc, key)
+        return response, ""
 
 
 def classify(response: httpx.Response, key: PrivateKey | None = None) -> KlaviyoResult:
@@ -309,10 +378,9 @@ def _format_error(error: Mapping[str, Any]) -> str:
     return text
 
 
-def _transport_failure(what: str, exc: Exception, key: PrivateKey) -> KlaviyoResult:
+def _transport_failure(what: str, exc: Exception, key: PrivateKey) -> str:
     message = str(exc) or type(exc).__name__
-    detail = _scrub(_truncate(f"{what}: {type(exc).__name__}: {message}"), key)
-    return KlaviyoResult(Outcome.TRANSIENT, None, None, detail, None)
+    return _scrub(_truncate(f"{what}: {type(exc).__name__}: {message}"), key)
 
 
 def _scrub(text: str, key: PrivateKey | None) -> str:

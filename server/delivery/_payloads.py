@@ -215,3 +215,29 @@ def _entry_size(event: OutboxEvent, settings: IntegrationSettings, now: float) -
     }
     # +1 for the comma between groups; same separators and escaping as the client's encoder.
     return len(json.dumps(group, separators=(",", ":"), ensure_ascii=False).encode()) + 1
+
+
+TEST_EVENT_METRIC: Final = "Elido Test Event"
+
+
+def build_test_event(identifiers: Identifiers, unique_id: str, now: float) -> dict[str, Any]:
+    """A Create Event body for the key check's test event (``VerifyIntegrationKey``).
+
+    ``backfill`` is false so that the owner sees it as a live event; ``unique_id`` is new per
+    test, so a second test is a second timeline entry rather than a silent duplicate.
+    """
+    return {
+        "data": {
+            "type": "event",
+            "attributes": {
+                "properties": {"source": "Elido forwarder key check", "test": True},
+                "metric": {"data": {"type": "metric", "attributes": {"name": TEST_EVENT_METRIC}}},
+                "profile": {
+                    "data": {"type": "profile", "attributes": profile_attributes(identifiers)}
+                },
+                "time": format_time(now),
+                "unique_id": unique_id,
+                "backfill": False,
+            },
+        }
+    }

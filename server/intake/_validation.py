@@ -142,6 +142,13 @@ def _identifiers(
     return Identifiers(email, phone, ids.external_id, ids.kx)
 
 
+def validate_identifiers(
+    ids: pb.ProfileIdentifiers, field: str, region: str, out: list[Violation]
+) -> Identifiers:
+    """Identifiers checked as a click's are (for admin RPCs naming a profile)."""
+    return _identifiers(ids, field, region, out)
+
+
 # Sufficient conditions for a valid URL, checked in one regex call: an http(s) scheme, a host
 # without brackets or whitespace. Anything else takes the detailed path, which decides.
 _PLAIN_URL: Final = re.compile(r"(?i)https?://[^\x00-\x20/?#\[\]]+(?:[/?#][^\x00-\x1f]*)?")

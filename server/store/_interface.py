@@ -33,6 +33,7 @@ from server.store._records import (
     FailedSelection,
     IntegrationRecord,
     IntegrationSettings,
+    IntegrationState,
     Lease,
     NewClick,
     NewConversion,
@@ -87,8 +88,11 @@ class Store(Protocol):
         account: str,
         settings: IntegrationSettings,
         now: float,
+        state: IntegrationState = IntegrationState.ACTIVE,
+        state_reason: str = "",
     ) -> tuple[IntegrationRecord, bool]:
-        """Create or replace; a replaced key makes the integration active again.
+        """Create or replace; a replaced key takes ``state`` (active, or unverified when
+        Klaviyo could not confirm it) and makes held events due again.
 
         Returns the record and whether an integration existed before.
         """
@@ -106,6 +110,20 @@ class Store(Protocol):
         self, workspace_id: str, old: str, new: str, key_version: int, now: float
     ) -> bool:
         """Compare-and-set the ciphertext (rewrap); False if it changed meanwhile."""
+
+    async def set_key_state(
+        self,
+        workspace_id: str,
+        ciphertext: str,
+        state: IntegrationState,
+        reason: str,
+        now: float,
+        only_from: IntegrationState | None = None,
+    ) -> bool:
+        """Set the state a key check found, unless the ciphertext changed meanwhile (a new
+        key came) or, with ``only_from``, the state is no longer that one. Events held under
+        a rejected key are due again when the new state delivers. True if it was set.
+        """
 
     async def set_account(self, workspace_id: str, ciphertext: str, account: str) -> None:
         """Record the key's account, unless the ciphertext changed meanwhile."""
@@ -139,7 +157,8 @@ class Store(Protocol):
 
     # -- delivery (fenced) ---------------------------------------------------------------
     async def workspaces_with_due_events(self, now: float) -> list[DueWorkspace]:
-        """Active integrations that have events due for delivery, with their accounts."""
+        """Integrations whose state delivers (active, unverified) that have events due for
+        delivery, with their accounts."""
 
     async def due_events(self, workspace_id: str, now: float, limit: int) -> list[OutboxEvent]:
         """Queued events due now, oldest first."""

@@ -23,6 +23,14 @@ class IntegrationState(enum.StrEnum):
 
     ACTIVE = "active"
     KEY_REJECTED = "key_rejected"
+    # Klaviyo could not confirm the key at registration (unreachable, 5xx, an unexpected
+    # answer). Its events are delivered; the first answer about the key settles the state.
+    UNVERIFIED = "unverified"
+
+    @property
+    def delivers(self) -> bool:
+        """True if events of an integration in this state are sent to Klaviyo."""
+        return self is not IntegrationState.KEY_REJECTED
 
 
 class EventKind(enum.StrEnum):

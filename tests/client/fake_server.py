@@ -223,6 +223,15 @@ class FakeForwarder(pb_grpc.ForwarderServiceServicer):
         targets = [request.workspace_id] if request.workspace_id else list(self.integrations)
         return pb.RewrapKeysResponse(rewrapped_count=len(targets), unchanged_count=0)
 
+    async def VerifyIntegrationKey(
+        self, request: pb.VerifyIntegrationKeyRequest, context: Any
+    ) -> pb.VerifyIntegrationKeyResponse:
+        await self._enter("VerifyIntegrationKey", request, context, "admin")
+        response = pb.VerifyIntegrationKeyResponse(verdict=pb.KEY_CHECK_VERDICT_VALID)
+        if request.HasField("test_event_profile"):
+            response.test_event.CopyFrom(pb.TestEvent(unique_id="elido-test-1", accepted=True))
+        return response
+
     async def _take_click(self, click: pb.Click) -> pb.ClickDisposition.ValueType:
         key = (click.workspace_id, click.click_id)
         if key in self.clicks:

@@ -161,3 +161,90 @@ def test_failures_have_one_line_errors_and_exit_codes(
     down = _fwd({**admin, "ELIDO_FORWARDER_TIMEOUT": "3"}, "integrations", "list")
     assert down.returncode == 6
     assert down.stderr.count("\n") == 1
+
+
+def test_key_check_unverified_state_and_verify_with_a_test_event(
+    forwarder_factory: Any, klaviyo_mock_thread: KlaviyoMockThread
+) -> None:
+    from tests.klaviyo_mock import Fault, FaultKind
+
+    fwd: ForwarderProcess = forwarder_factory(klaviyo_url=klaviyo_mock_thread.base_url)
+    admin = process_env(
+        {"ELIDO_FORWARDER_TARGET": fwd.target, "ELIDO_FORWARDER_TOKEN": fwd.admin_token}
+    )
+    unknown, key, workspace = _key(), _key(), new_workspace_id()
+    outputs: list[str] = []
+
+    def register(secret: str) -> subprocess.CompletedProcess[str]:
+        result = _fwd(
+            admin,
+            "integrations",
+            "register",
+            "--workspace",
+            workspace,
+            "--key-file",
+            "-",
+            stdin=secret + "\n",
+        )
+        outputs.extend((result.stdout, result.stderr))
+        return result
+
+    refused = register(unknown)
+    assert refused.returncode == 4, refused.stderr
+    assert "private_key (--key-file): Klaviyo does not know this key (HTTP 401)" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+
+    klaviyo_mock_thread.add_key(key, "acct-cli-verify")
+    klaviyo_mock_thread.inject(Fault(FaultKind.STATUS, status=503, count=1))
+    stored = register(key)
+    assert stored.returncode == 0, stored.stderr
+    assert "unverified (Klaviyo could not confirm the key" in stored.stdout
+    listed = _fwd(admin, "integrations", "list")
+    outputs.append(listed.stdout)
+    assert f"{workspace}  pk_…{key[-4:]}  unverified" in listed.stdout
+
+    checked = _fwd(
+        admin,
+        "integrations",
+        "verify",
+        "--workspace",
+        workspace,
+        "--test-event-email",
+        "owner@example.com",
+    )
+    outputs.extend((checked.stdout, checked.stderr))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith("Key check: valid: Klaviyo accepts the key")
+    assert 'Test event sent (metric "Elido Test Event", unique_id elido-test-' in checked.stdout
+    assert "state              active" in checked.stdout
+    _wait_for(
+        lambda: (
+            [e.metric for e in klaviyo_mock_thread.timeline("acct-cli-verify")]
+            == ["Elido Test Event"]
+        ),
+        "the test event on the timeline",
+    )
+    assert klaviyo_mock_thread.timeline("acct-cli-verify")[0].profile == {
+        "email": "owner@example.com"
+    }
+
+    # The owner removes events:write in Klaviyo: the re-check says so and exits 1.
+    klaviyo_mock_thread.add_key(key, "acct-cli-verify", scopes={"profiles:write"})
+    narrowed = _fwd(admin, "--json", "integrations", "verify", "--workspace", workspace)
+    outputs.extend((narrowed.stdout, narrowed.stderr))
+    assert narrowed.returncode == 1, narrowed.stderr
+    answer = json.loads(narrowed.stdout)
+    assert answer["verdict"] == "KEY_CHECK_VERDICT_SCOPE_MISSING"
+    assert answer["integration"]["state"] == "INTEGRATION_STATE_KEY_REJECTED"
+
+    bad_profile = _fwd(
+        admin, "integrations", "verify", "--workspace", workspace, "--test-event-phone", "12"
+    )
+    outputs.extend((bad_profile.stdout, bad_profile.stderr))
+    assert bad_profile.returncode == 4
+    assert "test_event_profile.phone_number" in bad_profile.stderr
+
+    fwd.stop()
+    for secret in (unknown, key):
+        assert not [text for text in outputs if secret in text]
+        assert secret not in fwd.logs()

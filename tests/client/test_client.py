@@ -170,6 +170,25 @@ async def test_remove_is_not_retried_on_bare_unavailable(
     assert "ws-1" not in fake.servicer.integrations
 
 
+async def test_a_key_check_is_retried_but_not_one_sending_a_test_event(
+    fake: RunningFake, admin_config: ClientConfig
+) -> None:
+    fake.servicer.fail("VerifyIntegrationKey", _unavailable())
+    async with AsyncForwarderClient(admin_config) as client:
+        checked = await client.verify_integration_key("ws-1")
+        assert checked.verdict == pb.KEY_CHECK_VERDICT_VALID
+        assert fake.servicer.calls["VerifyIntegrationKey"] == 2  # retried: it changes nothing
+        fake.servicer.fail("VerifyIntegrationKey", _unavailable())
+        with pytest.raises(Unavailable):
+            # A retry could send a second test event.
+            await client.verify_integration_key(
+                "ws-1", pb.ProfileIdentifiers(email="owner@example.com")
+            )
+    assert fake.servicer.calls["VerifyIntegrationKey"] == 3
+    sent = fake.servicer.requests["VerifyIntegrationKey"][-1]
+    assert sent.test_event_profile.email == "owner@example.com"
+
+
 async def test_not_found_and_auth_errors_map_to_their_classes(
     fake: RunningFake, admin_config: ClientConfig
 ) -> None:

@@ -50,6 +50,7 @@ def test_list_and_describe_show_service_and_health(forwarder: ForwarderProcess) 
         "ListFailedEvents",
         "ReplayFailedEvents",
         "RewrapKeys",
+        "VerifyIntegrationKey",
     ):
         assert f"rpc {rpc}" in described.stdout
     health = grpcurl(forwarder, "grpc.health.v1.Health/Check")
@@ -75,7 +76,9 @@ def test_register_get_list_remove_with_json(forwarder: ForwarderProcess) -> None
     assert reg.returncode == 0, reg.stderr
     integration = json.loads(reg.stdout)["integration"]
     assert integration["key_fingerprint"] == f"pk_…{key[-4:]}"
-    assert integration["state"] == "INTEGRATION_STATE_ACTIVE"
+    # No Klaviyo is reachable here: the key cannot be checked, so it is stored unverified.
+    assert integration["state"] == "INTEGRATION_STATE_UNVERIFIED"
+    assert "could not confirm" in integration["state_reason"]
     assert integration["settings"]["click_metric_name"] == "Clicked Elido Link"
     assert key not in reg.stdout
 

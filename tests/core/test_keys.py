@@ -11,6 +11,7 @@ from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from tests.core.test_intake import details
 from tests.klaviyo_mock import KlaviyoMockThread
 from tests.support.calls import forward, integration, make_click, new_key, register, wait_for
 from tests.support.forwarder import ForwarderProcess
@@ -31,6 +32,7 @@ def test_raw_key_is_nowhere_on_disk_in_logs_responses_or_errors(
 ) -> None:
     fwd: ForwarderProcess = forwarder_factory(klaviyo_url=klaviyo_mock_thread.base_url)
     key, rejected, ws = new_key(), new_key(), new_workspace_id()
+    unknown, scopeless = new_key(), new_key()
     klaviyo_mock_thread.add_key(key, "acct-secret")
     stub = fwd.stub()
     responses = [
@@ -46,7 +48,9 @@ def test_raw_key_is_nowhere_on_disk_in_logs_responses_or_errors(
     )
     # A key Klaviyo rejects goes through the error paths (401 detail, state reason, logs).
     ws2 = new_workspace_id()
+    klaviyo_mock_thread.add_key(rejected, "acct-revoked")
     register(fwd, ws2, rejected)
+    klaviyo_mock_thread.remove_key(rejected)  # revoked after registration
     forward(fwd, [make_click(ws2, "k-2", email="k@example.com")])
     wait_for(
         lambda: integration(fwd, ws2).state == pb.INTEGRATION_STATE_KEY_REJECTED, what="rejection"
@@ -54,18 +58,37 @@ def test_raw_key_is_nowhere_on_disk_in_logs_responses_or_errors(
     responses.append(
         stub.GetIntegration(pb.GetIntegrationRequest(workspace_id=ws2), metadata=fwd.admin())
     )
-    # An invalid workspace with a valid-looking key, and a malformed key: errors must not echo it.
+    # The key check (issue 11): its answer, its state reason and the test event.
+    responses.append(
+        stub.VerifyIntegrationKey(
+            pb.VerifyIntegrationKeyRequest(
+                workspace_id=ws, test_event_profile=pb.ProfileIdentifiers(email="k@example.com")
+            ),
+            metadata=fwd.admin(),
+        )
+    )
+    responses.append(
+        stub.VerifyIntegrationKey(
+            pb.VerifyIntegrationKeyRequest(workspace_id=ws2), metadata=fwd.admin()
+        )
+    )
+    # An invalid workspace with a valid-looking key, and a malformed key: errors must not echo
+    # it; nor must the refusals of a key Klaviyo does not know or one without events:write.
+    klaviyo_mock_thread.add_key(scopeless, "acct-scopeless", scopes={"profiles:write"})
     errors = []
     for request in (
         pb.RegisterIntegrationRequest(workspace_id="bad ws", private_key=key),
         pb.RegisterIntegrationRequest(workspace_id=ws, private_key=key[:-1] + "!"),
+        pb.RegisterIntegrationRequest(workspace_id=new_workspace_id(), private_key=unknown),
+        pb.RegisterIntegrationRequest(workspace_id=new_workspace_id(), private_key=scopeless),
     ):
         with pytest.raises(grpc.RpcError) as caught:
             stub.RegisterIntegration(request, metadata=fwd.admin())
         errors.append(caught.value)
     fwd.stop()  # flush logs and the WAL
 
-    for secret in (key, rejected, key[:-1]):
+    assert [details(e)[0] for e in errors[2:]] == ["KEY_REJECTED", "KEY_SCOPE_MISSING"]
+    for secret in (key, rejected, key[:-1], unknown, scopeless):
         assert secret.encode() not in all_bytes_under(fwd.data_dir), (
             "raw key found in the data folder"
         )
@@ -171,7 +194,7 @@ def test_vault_down_intake_continues_registration_unavailable_then_delivery_resu
     )
     assert dispositions == [pb.CLICK_DISPOSITION_QUEUED] * 10
     with pytest.raises(grpc.RpcError) as caught:
-        register(fwd, new_workspace_id(), new_key())
+        register(fwd, new_workspace_id(), key)  # Klaviyo knows it: Vault is what fails
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
     assert status is not None

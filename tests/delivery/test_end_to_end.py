@@ -19,6 +19,7 @@ from tests.support.calls import (
     wait_for,
 )
 from tests.support.forwarder import BACKENDS, ForwarderProcess
+from tests.support.klaviyo import deliveries
 from tests.support.klaviyo_spec import validate_schema
 from tests.support.openbao import new_workspace_id
 
@@ -88,7 +89,7 @@ def test_click_and_conversion_reach_the_timeline_exactly(
     )
     assert converted.properties["order_id"] == "77"
 
-    sent = [r for r in klaviyo_mock_thread.requests if r.path == "/api/events"]
+    sent = [r for r in deliveries(klaviyo_mock_thread.requests) if r.path == "/api/events"]
     assert len(sent) == 2
     for request in sent:
         assert request.header("authorization") == f"Klaviyo-API-Key {key}"
@@ -137,8 +138,10 @@ def test_rejected_key_holds_events_until_a_new_key_is_registered(
     klaviyo_mock_thread: KlaviyoMockThread,  # type: ignore[no-untyped-def]
 ) -> None:
     fwd: ForwarderProcess = forwarder_factory(klaviyo_url=klaviyo_mock_thread.base_url)
-    ws = new_workspace_id()
-    register(fwd, ws, new_key())  # unknown to Klaviyo: 401
+    ws, revoked = new_workspace_id(), new_key()
+    klaviyo_mock_thread.add_key(revoked, "acct-revoked")
+    register(fwd, ws, revoked)
+    klaviyo_mock_thread.remove_key(revoked)  # revoked in Klaviyo after registration: 401
     forward(fwd, [make_click(ws, f"h-{i}", email="held@example.com") for i in range(3)])
     wait_for(
         lambda: integration(fwd, ws).state == pb.INTEGRATION_STATE_KEY_REJECTED, what="key rejected"
@@ -210,7 +213,10 @@ def test_one_workspaces_bad_key_and_throttling_do_not_delay_another(
     )
     ws_a, ws_bad, ws_b = new_workspace_id("a"), new_workspace_id("bad"), new_workspace_id("b")
     register(fwd, ws_a, slow_key)
-    register(fwd, ws_bad, new_key())
+    bad_key = new_key()
+    klaviyo_mock_thread.add_key(bad_key, "acct-bad")
+    register(fwd, ws_bad, bad_key)
+    klaviyo_mock_thread.remove_key(bad_key)  # revoked after registration: 401 at delivery
     register(fwd, ws_b, good_key)
     forward(fwd, [make_click(ws_a, f"a-{i}", email=f"a{i}@example.com") for i in range(2000)])
     forward(fwd, [make_click(ws_bad, f"x-{i}", email="x@example.com") for i in range(50)])

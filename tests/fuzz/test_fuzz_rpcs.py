@@ -79,6 +79,11 @@ def valid_requests(ws: str) -> dict[str, Message]:
         "GetIntegration": pb.GetIntegrationRequest(workspace_id=ws),
         "ListIntegrations": pb.ListIntegrationsRequest(page_size=10, page_token="YQ=="),
         "RewrapKeys": pb.RewrapKeysRequest(workspace_id=ws),
+        # Klaviyo is unreachable here: every check is inconclusive and sends no test event.
+        "VerifyIntegrationKey": pb.VerifyIntegrationKeyRequest(
+            workspace_id=ws,
+            test_event_profile=pb.ProfileIdentifiers(email="a@b.co", phone_number="+14155550100"),
+        ),
         "ForwardClick": pb.ForwardClickRequest(
             click=make_click(
                 ws,
@@ -222,6 +227,7 @@ UNARY = [
     ("GetIntegration", "admin", ADMIN_CODES),
     ("ListIntegrations", "admin", ADMIN_CODES),
     ("RewrapKeys", "admin", ADMIN_CODES),
+    ("VerifyIntegrationKey", "admin", ADMIN_CODES),
     ("ForwardClick", "ingest", INGEST_CODES),
     ("ForwardConversion", "ingest", INGEST_CODES),
     ("ListFailedEvents", "admin", ADMIN_CODES),

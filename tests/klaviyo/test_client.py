@@ -193,3 +193,85 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after(later, now=now.timestamp()) == pytest.approx(30.0)
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+async def test_probe_tells_unknown_key_missing_scope_and_valid_key_apart_writing_nothing(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
+    from server.delivery._klaviyo import PROBE_BODY, KeyVerdict
+
+    no_write = PrivateKey("pk_profilesonlyprofilesonly01")
+    klaviyo_mock.add_key(no_write.reveal(), "acct", scopes={"profiles:write", "profiles:read"})
+    valid = await client.probe_key(KEY)
+    unknown = await client.probe_key(WRONG_KEY)
+    scope = await client.probe_key(no_write)
+    assert (valid.verdict, valid.status_code) == (KeyVerdict.VALID, 400)
+    assert (unknown.verdict, unknown.status_code) == (KeyVerdict.UNKNOWN_KEY, 401)
+    assert "not_authenticated" in unknown.detail
+    assert (scope.verdict, scope.status_code) == (KeyVerdict.SCOPE_MISSING, 403)
+    assert [(r.path, r.json) for r in klaviyo_mock.requests] == [("/api/events", PROBE_BODY)] * 3
+    assert klaviyo_mock.received() == []
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(FaultKind.STATUS, status=503),
+        Fault(FaultKind.STATUS, status=429, body="Slow down."),
+        Fault(FaultKind.HTML, status=403),  # a CDN's challenge page, not Klaviyo's judgement
+        Fault(FaultKind.HTML, status=401),
+        Fault(FaultKind.STATUS, status=404),
+        Fault(FaultKind.DROP),
+    ],
+    ids=["503", "429", "cdn-403", "cdn-401", "404", "dropped"],
+)
+async def test_probe_is_inconclusive_when_klaviyo_says_nothing_about_the_key(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient, fault: Fault
+) -> None:
+    from server.delivery._klaviyo import KeyVerdict
+
+    klaviyo_mock.inject(fault)
+    check = await client.probe_key(KEY)
+    assert check.verdict is KeyVerdict.INCONCLUSIVE
+    assert KEY.reveal() not in check.detail
+
+
+async def test_probe_of_an_unreachable_klaviyo_is_inconclusive_and_quick() -> None:
+    from server.delivery._klaviyo import KeyVerdict
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = KlaviyoClient(KlaviyoConfig(base_url=f"http://127.0.0.1:{port}"))
+    try:
+        check = await client.probe_key(KEY)
+    finally:
+        await client.aclose()
+    assert (check.verdict, check.status_code) == (KeyVerdict.INCONCLUSIVE, None)
+    assert "connection failed" in check.detail
+
+
+async def test_probe_never_leaks_the_key_even_from_an_echoing_proxy(
+    klaviyo_mock: KlaviyoMock, client: KlaviyoClient
+) -> None:
+    raw = KEY.reveal()
+    klaviyo_mock.inject(
+        Fault(FaultKind.HTML, status=502, body=f"<p>Bad header: Klaviyo-API-Key {raw}</p>")
+    )
+    with capture_logs() as logs:
+        check = await client.probe_key(KEY)
+    assert KEY.fingerprint in check.detail
+    assert raw not in check.detail + repr(check) + repr(logs)
+
+
+def test_the_test_event_is_a_valid_create_event_body() -> None:
+    from server.delivery._payloads import TEST_EVENT_METRIC, build_test_event
+    from server.store._records import Identifiers
+
+    body = build_test_event(
+        Identifiers(email="owner@example.com", phone_number="+14155550100"), "elido-test-1", T0
+    )
+    validate_event_create(body)
+    attributes = body["data"]["attributes"]
+    assert attributes["metric"]["data"]["attributes"]["name"] == TEST_EVENT_METRIC
+    assert (attributes["backfill"], attributes["unique_id"]) == (False, "elido-test-1")

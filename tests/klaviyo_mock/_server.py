@@ -191,6 +191,11 @@ class KlaviyoMock:
         """Arms a fault (see :class:`Fault`)."""
         self._faults.add(fault, time.monotonic())
 
+    def forget_window_usage(self) -> None:
+        """Empties every account's rate-limit windows (the requests seen so far no longer
+        count against the limits), e.g. after a test's set-up requests."""
+        self._windows.clear()
+
     def clear_faults(self) -> None:
         """Disarms every fault."""
         self._faults.clear()

@@ -124,6 +124,10 @@ class KlaviyoMockThread:
         """See :meth:`KlaviyoMock.inject`."""
         self.call(lambda m: m.inject(fault))
 
+    def forget_window_usage(self) -> None:
+        """See :meth:`KlaviyoMock.forget_window_usage`."""
+        self.call(lambda m: m.forget_window_usage())
+
     def clear_faults(self) -> None:
         """See :meth:`KlaviyoMock.clear_faults`."""
         self.call(lambda m: m.clear_faults())

@@ -53,9 +53,16 @@ def test_every_admin_action_is_audited_with_its_caller_and_outcome(
         env={"FORWARDER_AUDIT_HMAC_KEY_FILE": str(key_file)},
     )
     key, ws = new_key(), new_workspace_id()
+    klaviyo_mock_thread.add_key(key, "acct-audit")  # the registration checks it with Klaviyo
     stub = fwd.stub()
     fingerprint = register(fwd, ws, key).key_fingerprint
     forward(fwd, [make_click(ws, "a-1", email=ERASED)])
+    checked = stub.VerifyIntegrationKey(
+        pb.VerifyIntegrationKeyRequest(
+            workspace_id=ws, test_event_profile=pb.ProfileIdentifiers(email=ERASED)
+        ),
+        metadata=fwd.admin(),
+    )
     stub.ReplayFailedEvents(
         pb.ReplayFailedEventsRequest(workspace_id=ws, kind=pb.EVENT_KIND_CLICK, dry_run=True),
         metadata=fwd.admin(),
@@ -84,14 +91,20 @@ def test_every_admin_action_is_audited_with_its_caller_and_outcome(
         ("AUDIT_ACTION_ERASE", ws, "OK"),
         ("AUDIT_ACTION_REWRAP", ws, "OK"),
         ("AUDIT_ACTION_REPLAY", ws, "OK"),
+        ("AUDIT_ACTION_KEY_RECHECK", ws, "OK"),
         ("AUDIT_ACTION_REGISTER", ws, "OK"),
     ]
     for e in entries:
         assert (e.caller.token_name, list(e.caller.roles)) == ("test-admin", ["admin"])
         assert e.time.seconds > 0
     details = [json_format.MessageToDict(e.details) for e in entries]
+    assert details[6]["key_fingerprint"] == fingerprint
+    assert details[6]["replaced"] is False
+    assert details[6]["key_check"] == "valid"
+    assert details[5]["verdict"] == "KEY_CHECK_VERDICT_VALID"
     assert details[5]["key_fingerprint"] == fingerprint
-    assert details[5]["replaced"] is False
+    assert details[5]["test_event_unique_id"] == checked.test_event.unique_id
+    assert ERASED not in str(details[5])  # the test event's profile is not in the log
     assert details[4]["dry_run"] is True
     assert details[4]["kind"] == "EVENT_KIND_CLICK"
     assert details[0]["dropped_event_count"] == 0
@@ -130,8 +143,9 @@ def test_every_admin_action_is_audited_with_its_caller_and_outcome(
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["TIME", "ACTION", "WORKSPACE", "CALLER", "OUTCOME", "DETAILS"]
     assert [line.split()[2] for line in lines[1:]] == [
-        "remove", "erase", "rewrap", "replay", "register",
+        "remove", "erase", "rewrap", "replay", "key", "register",
     ]  # fmt: skip
+    assert " key recheck " in lines[5]
     assert all("test-admin" in line for line in lines[1:])
     as_json = _cli(fwd, tmp_path, "--json", "audit", "list", "--limit", "2")
     assert [e["action"] for e in json.loads(as_json.stdout)["audit_events"]] == [

@@ -292,6 +292,50 @@ async def test_due_events_retries_failures_and_replays(store: Store) -> None:
     assert "ws" in [d.workspace_id for d in await store.workspaces_with_due_events(NOW + 1)]
 
 
+async def test_key_states_unverified_delivers_and_checks_settle_it(
+    open_stores: Callable[[], Any],
+) -> None:
+    store, other = await open_stores(), await open_stores()
+    record, _ = await store.upsert_integration(
+        "ws-u", "vault:v1:u", "pk_…uuuu", 1, "acct-u", SETTINGS, NOW,
+        state=IntegrationState.UNVERIFIED, state_reason="Klaviyo could not confirm the key",
+    )  # fmt: skip
+    assert (record.state, record.state_reason) == (
+        IntegrationState.UNVERIFIED,
+        "Klaviyo could not confirm the key",
+    )
+    await other.take_clicks([click("u1", "ws-u")], NOW)
+    # Unverified integrations are delivered, like active ones, seen from either replica.
+    assert [d.workspace_id for d in await other.workspaces_with_due_events(NOW + 1)] == ["ws-u"]
+    # Compare-and-set: a stale ciphertext or a state that moved on changes nothing.
+    active, unverified = IntegrationState.ACTIVE, IntegrationState.UNVERIFIED
+    assert not await store.set_key_state("ws-u", "vault:v1:old", active, "", NOW)
+    assert not await store.set_key_state(
+        "ws-u", "vault:v1:u", active, "", NOW, only_from=IntegrationState.KEY_REJECTED
+    )
+    assert await other.set_key_state("ws-u", "vault:v1:u", active, "", NOW, only_from=unverified)
+    got = await store.get_integration("ws-u")
+    assert got is not None
+    assert (got.state, got.state_reason) == (active, "")
+    # A re-check that finds the key refused holds the events ...
+    assert await store.set_key_state(
+        "ws-u", "vault:v1:u", IntegrationState.KEY_REJECTED, "key check: 403", NOW
+    )
+    assert await other.workspaces_with_due_events(NOW + 1) == []
+    lease = await store.acquire_lease("account:acct-u", "me", 30.0)
+    assert lease is not None
+    [event] = await store.due_events("ws-u", NOW + 1, 10)
+    await store.mark_retry(lease, "ws-u", [event.event_id], NOW + 3600, "transient", NOW)
+    # ... and one that finds it valid again makes them due at once.
+    assert await other.set_key_state("ws-u", "vault:v1:u", active, "", NOW + 2)
+    assert [e.source_id for e in await store.due_events("ws-u", NOW + 2, 10)] == ["u1"]
+    # A new key registered as active replaces the state and its reason.
+    record, _ = await store.upsert_integration(
+        "ws-u", "vault:v1:new", "pk_…nnnn", 1, "acct-u", SETTINGS, NOW
+    )
+    assert (record.state, record.state_reason) == (active, "")
+
+
 async def test_prune_forgets_expired_clicks_and_conversions(store: Store) -> None:
     await register(store)
     await store.take_clicks([click("c1")], NOW)

@@ -20,11 +20,28 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from tests.klaviyo_mock import KlaviyoMock, KlaviyoMockThread, MockConfig
+from server.delivery._klaviyo import PROBE_BODY
+from tests.klaviyo_mock import KlaviyoMock, KlaviyoMockThread, MockConfig, RecordedRequest
 
 # The form of a Klaviyo private key (pk_ + 34 alphanumerics); valid only at the mock.
 TEST_KEY = "pk_" + "T3st" * 8 + "k3"
 TEST_ACCOUNT = "acct"
+
+
+def is_key_check(request: RecordedRequest) -> bool:
+    """True for the forwarder's key check (a Create Event Klaviyo must refuse), which every
+    registration sends before anything is delivered."""
+    if request.path.rstrip("/") != "/api/events":
+        return False
+    try:
+        return bool(request.json == PROBE_BODY)
+    except ValueError:
+        return False
+
+
+def deliveries(requests: list[RecordedRequest]) -> list[RecordedRequest]:
+    """The requests that carried events (key checks left out)."""
+    return [r for r in requests if not is_key_check(r)]
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

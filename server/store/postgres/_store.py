@@ -300,6 +300,8 @@ class PostgresStore:
         account: str,
         settings: IntegrationSettings,
         now: float,
+        state: IntegrationState = IntegrationState.ACTIVE,
+        state_reason: str = "",
     ) -> tuple[IntegrationRecord, bool]:
         async with self._transaction() as cur:
             await cur.execute(
@@ -309,13 +311,14 @@ class PostgresStore:
             await cur.execute(
                 """INSERT INTO integrations (workspace_id, ciphertext, key_fingerprint, key_version,
                        settings, state, state_reason, created_at, updated_at, account)
-                   VALUES (%s, %s, %s, %s, %s, %s, '', %s, %s, %s)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                    ON CONFLICT (workspace_id) DO UPDATE SET ciphertext = excluded.ciphertext,
                        key_fingerprint = excluded.key_fingerprint, key_version = excluded.key_version,
-                       settings = excluded.settings, state = excluded.state, state_reason = '',
+                       settings = excluded.settings, state = excluded.state,
+                       state_reason = excluded.state_reason,
                        updated_at = excluded.updated_at, account = excluded.account""",
                 (workspace_id, ciphertext, key_fingerprint, key_version, settings_to_json(settings),
-                 IntegrationState.ACTIVE.value, now, now, account),
+                 state.value, state_reason, now, now, account),
             )  # fmt: skip
             # Events held while the old key was rejected are due again with the new key.
             await cur.execute(
@@ -328,6 +331,34 @@ class PostgresStore:
         assert row is not None  # written just above, in this transaction
         self._settings.set(workspace_id, settings)
         return _integration(row), existed
+
+    async def set_key_state(
+        self,
+        workspace_id: str,
+        ciphertext: str,
+        state: IntegrationState,
+        reason: str,
+        now: float,
+        only_from: IntegrationState | None = None,
+    ) -> bool:
+        sql = """UPDATE integrations SET state = %s, state_reason = %s, updated_at = %s
+                 WHERE workspace_id = %s AND ciphertext = %s"""
+        params: tuple[object, ...] = (state.value, reason, now, workspace_id, ciphertext)
+        if only_from is not None:
+            sql += " AND state = %s"
+            params += (only_from.value,)
+        async with self._transaction() as cur:
+            await cur.execute(sql, params)
+            if cur.rowcount != 1:
+                return False
+            if state.delivers:
+                # Events held under a rejected key are due again; other replicas look now.
+                await cur.execute(
+                    "UPDATE outbox SET next_attempt_at = %s WHERE workspace_id = %s AND status = %s AND next_attempt_at > %s",
+                    (now, workspace_id, QUEUED, now),
+                )
+                await cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        return True
 
     async def get_integration(self, workspace_id: str) -> IntegrationRecord | None:
         async with self._transaction() as cur:
@@ -534,10 +565,10 @@ class PostgresStore:
     async def workspaces_with_due_events(self, now: float) -> list[DueWorkspace]:
         async with self._transaction() as cur:
             await cur.execute(
-                """SELECT workspace_id, account FROM integrations i WHERE state = %s AND EXISTS (
-                       SELECT 1 FROM outbox o WHERE o.workspace_id = i.workspace_id
+                """SELECT workspace_id, account FROM integrations i WHERE state IN (%s, %s)
+                       AND EXISTS (SELECT 1 FROM outbox o WHERE o.workspace_id = i.workspace_id
                        AND o.status = %s AND o.next_attempt_at <= %s)""",
-                (IntegrationState.ACTIVE.value, QUEUED, now),
+                (IntegrationState.ACTIVE.value, IntegrationState.UNVERIFIED.value, QUEUED, now),
             )
             rows = await cur.fetchall()
         return [DueWorkspace(r[0], r[1]) for r in rows]

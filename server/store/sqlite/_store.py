@@ -327,6 +327,8 @@ class SqliteStore:
         account: str,
         settings: IntegrationSettings,
         now: float,
+        state: IntegrationState = IntegrationState.ACTIVE,
+        state_reason: str = "",
     ) -> tuple[IntegrationRecord, bool]:
         def op(conn: sqlite3.Connection) -> tuple[IntegrationRecord, bool]:
             existed = (
@@ -338,13 +340,14 @@ class SqliteStore:
             conn.execute(
                 """INSERT INTO integrations (workspace_id, ciphertext, key_fingerprint, key_version,
                        settings, state, state_reason, created_at, updated_at, account)
-                   VALUES (?, ?, ?, ?, ?, ?, '', ?, ?, ?)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (workspace_id) DO UPDATE SET ciphertext = excluded.ciphertext,
                        key_fingerprint = excluded.key_fingerprint, key_version = excluded.key_version,
-                       settings = excluded.settings, state = excluded.state, state_reason = '',
+                       settings = excluded.settings, state = excluded.state,
+                       state_reason = excluded.state_reason,
                        updated_at = excluded.updated_at, account = excluded.account""",
                 (workspace_id, ciphertext, key_fingerprint, key_version, settings_to_json(settings),
-                 IntegrationState.ACTIVE.value, now, now, account),
+                 state.value, state_reason, now, now, account),
             )  # fmt: skip
             # Events held while the old key was rejected are due again with the new key.
             conn.execute(
@@ -359,6 +362,34 @@ class SqliteStore:
         record, existed = await self._call(op)
         self._settings.set(workspace_id, settings)
         return record, existed
+
+    async def set_key_state(
+        self,
+        workspace_id: str,
+        ciphertext: str,
+        state: IntegrationState,
+        reason: str,
+        now: float,
+        only_from: IntegrationState | None = None,
+    ) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            sql = """UPDATE integrations SET state = ?, state_reason = ?, updated_at = ?
+                     WHERE workspace_id = ? AND ciphertext = ?"""
+            params: tuple[object, ...] = (state.value, reason, now, workspace_id, ciphertext)
+            if only_from is not None:
+                sql += " AND state = ?"
+                params += (only_from.value,)
+            if conn.execute(sql, params).rowcount != 1:
+                return False
+            if state.delivers:
+                # Events held under a rejected key are due again.
+                conn.execute(
+                    "UPDATE outbox SET next_attempt_at = ? WHERE workspace_id = ? AND status = ? AND next_attempt_at > ?",
+                    (now, workspace_id, QUEUED, now),
+                )
+            return True
+
+        return await self._call(op)
 
     async def get_integration(self, workspace_id: str) -> IntegrationRecord | None:
         def op(conn: sqlite3.Connection) -> IntegrationRecord | None:
@@ -519,10 +550,10 @@ class SqliteStore:
     async def workspaces_with_due_events(self, now: float) -> list[DueWorkspace]:
         def op(conn: sqlite3.Connection) -> list[DueWorkspace]:
             rows = conn.execute(
-                """SELECT workspace_id, account FROM integrations i WHERE state = ? AND EXISTS (
+                """SELECT workspace_id, account FROM integrations i WHERE state IN (?, ?) AND EXISTS (
                        SELECT 1 FROM outbox o WHERE o.workspace_id = i.workspace_id
                        AND o.status = ? AND o.next_attempt_at <= ?)""",
-                (IntegrationState.ACTIVE.value, QUEUED, now),
+                (IntegrationState.ACTIVE.value, IntegrationState.UNVERIFIED.value, QUEUED, now),
             )
             return [DueWorkspace(r[0], r[1]) for r in rows]
 

@@ -43,7 +43,14 @@ class _IntegrationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Inte
     INTEGRATION_STATE_ACTIVE: _IntegrationState.ValueType  # 1
     """The key is usable and events are delivered."""
     INTEGRATION_STATE_KEY_REJECTED: _IntegrationState.ValueType  # 2
-    """Klaviyo answered 401 or 403 for the key. Events are held until a new key is registered."""
+    """Klaviyo answered 401 or 403 for the key. Events are held until a new key is registered
+    (or VerifyIntegrationKey finds the key accepted again).
+    """
+    INTEGRATION_STATE_UNVERIFIED: _IntegrationState.ValueType  # 3
+    """Klaviyo could not confirm the key when it was registered (unreachable, 5xx, an answer
+    the key check does not know). Events are delivered; the first delivery settles the state
+    (accepted: active; 401/403: key rejected), as does VerifyIntegrationKey.
+    """
 
 class IntegrationState(_IntegrationState, metaclass=_IntegrationStateEnumTypeWrapper):
     """The state of an integration's delivery."""
@@ -53,7 +60,14 @@ INTEGRATION_STATE_UNSPECIFIED: IntegrationState.ValueType  # 0
 INTEGRATION_STATE_ACTIVE: IntegrationState.ValueType  # 1
 """The key is usable and events are delivered."""
 INTEGRATION_STATE_KEY_REJECTED: IntegrationState.ValueType  # 2
-"""Klaviyo answered 401 or 403 for the key. Events are held until a new key is registered."""
+"""Klaviyo answered 401 or 403 for the key. Events are held until a new key is registered
+(or VerifyIntegrationKey finds the key accepted again).
+"""
+INTEGRATION_STATE_UNVERIFIED: IntegrationState.ValueType  # 3
+"""Klaviyo could not confirm the key when it was registered (unreachable, 5xx, an answer
+the key check does not know). Events are delivered; the first delivery settles the state
+(accepted: active; 401/403: key rejected), as does VerifyIntegrationKey.
+"""
 Global___IntegrationState: _TypeAlias = IntegrationState  # noqa: Y015
 
 class _ClickDisposition:
@@ -187,6 +201,42 @@ AUDIT_ACTION_ERASE: AuditAction.ValueType  # 5
 AUDIT_ACTION_KEY_RECHECK: AuditAction.ValueType  # 6
 """A stored key checked again against Klaviyo on demand."""
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
+
+class _KeyCheckVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KeyCheckVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyCheckVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KEY_CHECK_VERDICT_UNSPECIFIED: _KeyCheckVerdict.ValueType  # 0
+    """Not set; never returned by the server."""
+    KEY_CHECK_VERDICT_VALID: _KeyCheckVerdict.ValueType  # 1
+    """Klaviyo knows the key and it has the `events:write` scope. The integration is active."""
+    KEY_CHECK_VERDICT_KEY_REJECTED: _KeyCheckVerdict.ValueType  # 2
+    """Klaviyo does not know the key (401): the integration is marked key rejected."""
+    KEY_CHECK_VERDICT_SCOPE_MISSING: _KeyCheckVerdict.ValueType  # 3
+    """The key is valid but lacks the `events:write` scope (403): marked key rejected."""
+    KEY_CHECK_VERDICT_INCONCLUSIVE: _KeyCheckVerdict.ValueType  # 4
+    """Klaviyo could not be asked or gave an answer that proves nothing (429, 5xx, timeout,
+    unreachable); the integration's state is left as it was.
+    """
+
+class KeyCheckVerdict(_KeyCheckVerdict, metaclass=_KeyCheckVerdictEnumTypeWrapper):
+    """What a key check found out about a key."""
+
+KEY_CHECK_VERDICT_UNSPECIFIED: KeyCheckVerdict.ValueType  # 0
+"""Not set; never returned by the server."""
+KEY_CHECK_VERDICT_VALID: KeyCheckVerdict.ValueType  # 1
+"""Klaviyo knows the key and it has the `events:write` scope. The integration is active."""
+KEY_CHECK_VERDICT_KEY_REJECTED: KeyCheckVerdict.ValueType  # 2
+"""Klaviyo does not know the key (401): the integration is marked key rejected."""
+KEY_CHECK_VERDICT_SCOPE_MISSING: KeyCheckVerdict.ValueType  # 3
+"""The key is valid but lacks the `events:write` scope (403): marked key rejected."""
+KEY_CHECK_VERDICT_INCONCLUSIVE: KeyCheckVerdict.ValueType  # 4
+"""Klaviyo could not be asked or gave an answer that proves nothing (429, 5xx, timeout,
+unreachable); the integration's state is left as it was.
+"""
+Global___KeyCheckVerdict: _TypeAlias = KeyCheckVerdict  # noqa: Y015
 
 @_typing.final
 class ProfileIdentifiers(_message.Message):
@@ -641,6 +691,105 @@ class RewrapKeysResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RewrapKeysResponse: _TypeAlias = RewrapKeysResponse  # noqa: Y015
+
+@_typing.final
+class VerifyIntegrationKeyRequest(_message.Message):
+    """Request for VerifyIntegrationKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    TEST_EVENT_PROFILE_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """The Elido workspace id whose stored key is checked."""
+    @_builtins.property
+    def test_event_profile(self) -> Global___ProfileIdentifiers:
+        """If set, a test event is sent to this profile after a valid check. At least one of email,
+        phone number or external id; validated like a click's identifiers (`kx` is not taken:
+        a test must name a profile the owner can look up).
+        """
+
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        test_event_profile: Global___ProfileIdentifiers | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["test_event_profile", b"test_event_profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["test_event_profile", b"test_event_profile", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyIntegrationKeyRequest: _TypeAlias = VerifyIntegrationKeyRequest  # noqa: Y015
+
+@_typing.final
+class TestEvent(_message.Message):
+    """The test event VerifyIntegrationKey sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIQUE_ID_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    unique_id: _builtins.str
+    """The event's Klaviyo `unique_id`, new for every test (look for it on the timeline)."""
+    accepted: _builtins.bool
+    """True if Klaviyo accepted the event (202)."""
+    detail: _builtins.str
+    """Klaviyo's answer when it did not accept the event; never contains the key."""
+    def __init__(
+        self,
+        *,
+        unique_id: _builtins.str = ...,
+        accepted: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "detail", b"detail", "unique_id", b"unique_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestEvent: _TypeAlias = TestEvent  # noqa: Y015
+
+@_typing.final
+class VerifyIntegrationKeyResponse(_message.Message):
+    """Response for VerifyIntegrationKey."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERDICT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    INTEGRATION_FIELD_NUMBER: _builtins.int
+    TEST_EVENT_FIELD_NUMBER: _builtins.int
+    verdict: Global___KeyCheckVerdict.ValueType
+    """What the check found."""
+    detail: _builtins.str
+    """Klaviyo's answer in words (status and error), for the operator; never contains the key."""
+    @_builtins.property
+    def integration(self) -> Global___Integration:
+        """The integration after the check."""
+
+    @_builtins.property
+    def test_event(self) -> Global___TestEvent:
+        """The test event, when one was asked for and the key was valid."""
+
+    def __init__(
+        self,
+        *,
+        verdict: Global___KeyCheckVerdict.ValueType = ...,
+        detail: _builtins.str = ...,
+        integration: Global___Integration | None = ...,
+        test_event: Global___TestEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["integration", b"integration", "test_event", b"test_event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "integration", b"integration", "test_event", b"test_event", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyIntegrationKeyResponse: _TypeAlias = VerifyIntegrationKeyResponse  # noqa: Y015
 
 @_typing.final
 class Click(_message.Message):

@@ -62,6 +62,11 @@ class ForwarderServiceStub:
                 request_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.RewrapKeysRequest.SerializeToString,
                 response_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.RewrapKeysResponse.FromString,
                 _registered_method=True)
+        self.VerifyIntegrationKey = channel.unary_unary(
+                '/elido.forwarder.v1.ForwarderService/VerifyIntegrationKey',
+                request_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.VerifyIntegrationKeyRequest.SerializeToString,
+                response_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.VerifyIntegrationKeyResponse.FromString,
+                _registered_method=True)
         self.ForwardClick = channel.unary_unary(
                 '/elido.forwarder.v1.ForwarderService/ForwardClick',
                 request_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.ForwardClickRequest.SerializeToString,
@@ -106,8 +111,14 @@ class ForwarderServiceServicer:
     """
 
     def RegisterIntegration(self, request, context):
-        """Connects a workspace to Klaviyo, or replaces its key (rotation) and settings. The private
-        key is encrypted with the workspace's Vault transit key before anything is stored; only
+        """Connects a workspace to Klaviyo, or replaces its key (rotation) and settings. The key is
+        first checked against Klaviyo without writing anything (see the operator guide, "Key
+        check"): a key Klaviyo does not know is refused with INVALID_ARGUMENT and reason
+        KEY_REJECTED, a valid key without the `events:write` scope with FAILED_PRECONDITION and
+        reason KEY_SCOPE_MISSING; nothing is stored then, in the store or in Vault. When Klaviyo
+        cannot be asked (unreachable, 5xx, an unexpected answer) the integration is stored as
+        INTEGRATION_STATE_UNVERIFIED and its first delivery settles the state. The private key is
+        encrypted with the workspace's Vault transit key before anything is stored; only
         ciphertext and a fingerprint are kept. Answers UNAVAILABLE with RetryInfo when Vault is
         unreachable. A new key resumes delivery of events held after Klaviyo rejected the old one.
         """
@@ -140,6 +151,16 @@ class ForwarderServiceServicer:
     def RewrapKeys(self, request, context):
         """Rewraps stored key ciphertexts to the newest version of their workspace's transit key,
         after an operator rotated it in Vault, so that older key versions can be retired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyIntegrationKey(self, request, context):
+        """Checks a workspace's stored key against Klaviyo again (e.g. after its owner fixed the
+        key's scopes in Klaviyo) and sets the integration's state from the answer; optionally
+        sends one test event ("Elido Test Event") to a profile the caller names, so the owner
+        sees it on that profile's timeline. The check's verdict is in the response, not an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -242,6 +263,11 @@ def add_ForwarderServiceServicer_to_server(servicer, server):
                     servicer.RewrapKeys,
                     request_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.RewrapKeysRequest.FromString,
                     response_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.RewrapKeysResponse.SerializeToString,
+            ),
+            'VerifyIntegrationKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyIntegrationKey,
+                    request_deserializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.VerifyIntegrationKeyRequest.FromString,
+                    response_serializer=elido_dot_forwarder_dot_v1_dot_forwarder__pb2.VerifyIntegrationKeyResponse.SerializeToString,
             ),
             'ForwardClick': grpc.unary_unary_rpc_method_handler(
                     servicer.ForwardClick,
@@ -417,6 +443,33 @@ class ForwarderService:
             '/elido.forwarder.v1.ForwarderService/RewrapKeys',
             elido_dot_forwarder_dot_v1_dot_forwarder__pb2.RewrapKeysRequest.SerializeToString,
             elido_dot_forwarder_dot_v1_dot_forwarder__pb2.RewrapKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyIntegrationKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/elido.forwarder.v1.ForwarderService/VerifyIntegrationKey',
+            elido_dot_forwarder_dot_v1_dot_forwarder__pb2.VerifyIntegrationKeyRequest.SerializeToString,
+            elido_dot_forwarder_dot_v1_dot_forwarder__pb2.VerifyIntegrationKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

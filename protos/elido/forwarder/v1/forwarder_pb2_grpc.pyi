@@ -47,8 +47,14 @@ class ForwarderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ForwarderServiceAsyncStub: ...
     RegisterIntegration: _grpc.UnaryUnaryMultiCallable[_forwarder_pb2.RegisterIntegrationRequest, _forwarder_pb2.RegisterIntegrationResponse]
-    """Connects a workspace to Klaviyo, or replaces its key (rotation) and settings. The private
-    key is encrypted with the workspace's Vault transit key before anything is stored; only
+    """Connects a workspace to Klaviyo, or replaces its key (rotation) and settings. The key is
+    first checked against Klaviyo without writing anything (see the operator guide, "Key
+    check"): a key Klaviyo does not know is refused with INVALID_ARGUMENT and reason
+    KEY_REJECTED, a valid key without the `events:write` scope with FAILED_PRECONDITION and
+    reason KEY_SCOPE_MISSING; nothing is stored then, in the store or in Vault. When Klaviyo
+    cannot be asked (unreachable, 5xx, an unexpected answer) the integration is stored as
+    INTEGRATION_STATE_UNVERIFIED and its first delivery settles the state. The private key is
+    encrypted with the workspace's Vault transit key before anything is stored; only
     ciphertext and a fingerprint are kept. Answers UNAVAILABLE with RetryInfo when Vault is
     unreachable. A new key resumes delivery of events held after Klaviyo rejected the old one.
     """
@@ -63,6 +69,12 @@ class ForwarderServiceStub:
     RewrapKeys: _grpc.UnaryUnaryMultiCallable[_forwarder_pb2.RewrapKeysRequest, _forwarder_pb2.RewrapKeysResponse]
     """Rewraps stored key ciphertexts to the newest version of their workspace's transit key,
     after an operator rotated it in Vault, so that older key versions can be retired.
+    """
+    VerifyIntegrationKey: _grpc.UnaryUnaryMultiCallable[_forwarder_pb2.VerifyIntegrationKeyRequest, _forwarder_pb2.VerifyIntegrationKeyResponse]
+    """Checks a workspace's stored key against Klaviyo again (e.g. after its owner fixed the
+    key's scopes in Klaviyo) and sets the integration's state from the answer; optionally
+    sends one test event ("Elido Test Event") to a profile the caller names, so the owner
+    sees it on that profile's timeline. The check's verdict is in the response, not an error.
     """
     ForwardClick: _grpc.UnaryUnaryMultiCallable[_forwarder_pb2.ForwardClickRequest, _forwarder_pb2.ForwardClickResponse]
     """Reports one click. Idempotent on `click.click_id` within a workspace: a repeat answers
@@ -116,8 +128,14 @@ class ForwarderServiceAsyncStub(ForwarderServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterIntegration: _aio.UnaryUnaryMultiCallable[_forwarder_pb2.RegisterIntegrationRequest, _forwarder_pb2.RegisterIntegrationResponse]  # type: ignore[assignment]
-    """Connects a workspace to Klaviyo, or replaces its key (rotation) and settings. The private
-    key is encrypted with the workspace's Vault transit key before anything is stored; only
+    """Connects a workspace to Klaviyo, or replaces its key (rotation) and settings. The key is
+    first checked against Klaviyo without writing anything (see the operator guide, "Key
+    check"): a key Klaviyo does not know is refused with INVALID_ARGUMENT and reason
+    KEY_REJECTED, a valid key without the `events:write` scope with FAILED_PRECONDITION and
+    reason KEY_SCOPE_MISSING; nothing is stored then, in the store or in Vault. When Klaviyo
+    cannot be asked (unreachable, 5xx, an unexpected answer) the integration is stored as
+    INTEGRATION_STATE_UNVERIFIED and its first delivery settles the state. The private key is
+    encrypted with the workspace's Vault transit key before anything is stored; only
     ciphertext and a fingerprint are kept. Answers UNAVAILABLE with RetryInfo when Vault is
     unreachable. A new key resumes delivery of events held after Klaviyo rejected the old one.
     """
@@ -132,6 +150,12 @@ class ForwarderServiceAsyncStub(ForwarderServiceStub):
     RewrapKeys: _aio.UnaryUnaryMultiCallable[_forwarder_pb2.RewrapKeysRequest, _forwarder_pb2.RewrapKeysResponse]  # type: ignore[assignment]
     """Rewraps stored key ciphertexts to the newest version of their workspace's transit key,
     after an operator rotated it in Vault, so that older key versions can be retired.
+    """
+    VerifyIntegrationKey: _aio.UnaryUnaryMultiCallable[_forwarder_pb2.VerifyIntegrationKeyRequest, _forwarder_pb2.VerifyIntegrationKeyResponse]  # type: ignore[assignment]
+    """Checks a workspace's stored key against Klaviyo again (e.g. after its owner fixed the
+    key's scopes in Klaviyo) and sets the integration's state from the answer; optionally
+    sends one test event ("Elido Test Event") to a profile the caller names, so the owner
+    sees it on that profile's timeline. The check's verdict is in the response, not an error.
     """
     ForwardClick: _aio.UnaryUnaryMultiCallable[_forwarder_pb2.ForwardClickRequest, _forwarder_pb2.ForwardClickResponse]  # type: ignore[assignment]
     """Reports one click. Idempotent on `click.click_id` within a workspace: a repeat answers
@@ -188,8 +212,14 @@ class ForwarderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _forwarder_pb2.RegisterIntegrationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_forwarder_pb2.RegisterIntegrationResponse, _abc.Awaitable[_forwarder_pb2.RegisterIntegrationResponse]]:
-        """Connects a workspace to Klaviyo, or replaces its key (rotation) and settings. The private
-        key is encrypted with the workspace's Vault transit key before anything is stored; only
+        """Connects a workspace to Klaviyo, or replaces its key (rotation) and settings. The key is
+        first checked against Klaviyo without writing anything (see the operator guide, "Key
+        check"): a key Klaviyo does not know is refused with INVALID_ARGUMENT and reason
+        KEY_REJECTED, a valid key without the `events:write` scope with FAILED_PRECONDITION and
+        reason KEY_SCOPE_MISSING; nothing is stored then, in the store or in Vault. When Klaviyo
+        cannot be asked (unreachable, 5xx, an unexpected answer) the integration is stored as
+        INTEGRATION_STATE_UNVERIFIED and its first delivery settles the state. The private key is
+        encrypted with the workspace's Vault transit key before anything is stored; only
         ciphertext and a fingerprint are kept. Answers UNAVAILABLE with RetryInfo when Vault is
         unreachable. A new key resumes delivery of events held after Klaviyo rejected the old one.
         """
@@ -228,6 +258,18 @@ class ForwarderServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_forwarder_pb2.RewrapKeysResponse, _abc.Awaitable[_forwarder_pb2.RewrapKeysResponse]]:
         """Rewraps stored key ciphertexts to the newest version of their workspace's transit key,
         after an operator rotated it in Vault, so that older key versions can be retired.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyIntegrationKey(
+        self,
+        request: _forwarder_pb2.VerifyIntegrationKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forwarder_pb2.VerifyIntegrationKeyResponse, _abc.Awaitable[_forwarder_pb2.VerifyIntegrationKeyResponse]]:
+        """Checks a workspace's stored key against Klaviyo again (e.g. after its owner fixed the
+        key's scopes in Klaviyo) and sets the integration's state from the answer; optionally
+        sends one test event ("Elido Test Event") to a profile the caller names, so the owner
+        sees it on that profile's timeline. The check's verdict is in the response, not an error.
         """
 
     @_abc_1.abstractmethod
