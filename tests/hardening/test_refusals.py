@@ -78,7 +78,13 @@ def test_an_oversized_stream_message_is_logged_and_counted_as_sent(
     ]
     with pytest.raises(grpc.RpcError) as caught:
         list(fwd.stub().StreamClicks(iter(batches), metadata=fwd.ingest()))
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # The server ends the stream with RESOURCE_EXHAUSTED; the client sometimes sees its
+    # connection's reset first (grpc's "Stream removed"). What the server sent is what it
+    # logs and counts, asserted below.
+    assert caught.value.code() in (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAVAILABLE,
+    )
     assert finished(fwd, "StreamClicks") == ["RESOURCE_EXHAUSTED"]
     assert count(url, "StreamClicks", "RESOURCE_EXHAUSTED") == 1
     assert count(url, "StreamClicks", "UNKNOWN") == 0
