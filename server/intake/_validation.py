@@ -38,7 +38,7 @@ from elido_common.syntax import (
     normalize_email,
 )
 from server._errors import Violation
-from server.intake._identifiers import facts_from_url
+from server.intake._identifiers import identifiers_from_url
 from server.intake._phones import normalize_phone, phone_problem
 from server.store._records import Identifiers, IntegrationSettings, NewClick, NewConversion
 
@@ -247,7 +247,7 @@ def _url_identifiers(url: str, settings: IntegrationSettings) -> Identifiers | N
     """Identifiers in the URL's query, or None when it cannot carry any (no parsing needed)."""
     if _identifier_parameters(settings.email_parameters).search(url) is None:
         return None
-    return facts_from_url(url, settings.email_parameters).identifiers
+    return identifiers_from_url(url, settings.email_parameters)
 
 
 def validate_click(
