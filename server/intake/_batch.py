@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from elido.forwarder.v1 import forwarder_pb2 as pb
 
 from server._errors import Violation
-from server.intake._validation import SettingsLookup, validate_click
+from server.intake._plain import SettingsLookup, plain_clicks
+from server.intake._validation import detailed_click
 from server.store._records import ClickOutcome, NewClick
 
 
@@ -57,12 +58,24 @@ class ValidatedBatch:
 def validate_batch(
     request: pb.StreamClicksRequest, settings_for: SettingsLookup, now: float
 ) -> ValidatedBatch:
-    """Validate every click; invalid ones are rejected with their violations."""
-    outcome = BatchOutcome([None] * len(request.clicks))
+    """Validate every click; invalid ones are rejected with their violations.
+
+    The ordinary clicks are proven valid together (:mod:`server.intake._plain`); only the
+    others are checked one by one. Valid clicks keep their batch order: of two with one id,
+    the first sent is the one queued.
+    """
+    # Unknown fields are dropped, never stored (``_validation``'s docstring): the request is
+    # ours to change, and is not read again after validation.
+    request.DiscardUnknownFields()
+    clicks = request.clicks
+    plain = plain_clicks(clicks, now, settings_for)
+    if len(plain) == len(clicks):
+        return ValidatedBatch(BatchOutcome([None] * len(clicks)), list(plain.values()), list(plain))
+    outcome = BatchOutcome([None] * len(clicks))
     valid: list[NewClick] = []
     slots: list[int] = []
-    for i, click in enumerate(request.clicks):
-        checked = validate_click(click, f"clicks[{i}]", settings_for, now)
+    for i, click in enumerate(clicks):
+        checked = plain.get(i) or detailed_click(click, f"clicks[{i}]", settings_for, now)
         if isinstance(checked, list):
             outcome.violations[i] = checked
         else:

@@ -8,11 +8,13 @@ Values from a URL are untrusted: an invalid one is ignored, never an error.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlsplit
 
 from elido_common.syntax import email_from_parameter, kx_from_parameter
-from server.store._records import Identifiers
+from server.store._records import Identifiers, IntegrationSettings
 
 
 def identifiers_from_url(url: str, email_parameters: Iterable[str]) -> Identifiers:
@@ -30,3 +32,17 @@ def identifiers_from_url(url: str, email_parameters: Iterable[str]) -> Identifie
         elif key == "_kx" and not kx:
             kx = kx_from_parameter(value)
     return Identifiers(email=email, kx=kx)
+
+
+@functools.lru_cache(maxsize=256)
+def identifier_parameters(email_parameters: tuple[str, ...]) -> re.Pattern[str]:
+    """Finds a query parameter that may carry an identifier, in a URL or in joined URLs."""
+    names = "|".join(re.escape(n) for n in (*email_parameters, "_kx"))
+    return re.compile(rf"[?&](?:{names})=")
+
+
+def url_identifiers(url: str, settings: IntegrationSettings) -> Identifiers | None:
+    """Identifiers in the URL's query, or None when it cannot carry any (no parsing needed)."""
+    if identifier_parameters(settings.email_parameters).search(url) is None:
+        return None
+    return identifiers_from_url(url, settings.email_parameters)

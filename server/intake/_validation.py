@@ -17,11 +17,10 @@ Input policy (docs/architecture.md, "Input policy"):
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -38,17 +37,23 @@ from elido_common.syntax import (
     normalize_email,
 )
 from server._errors import Violation
-from server.intake._identifiers import identifiers_from_url
+from server.intake._identifiers import url_identifiers
 from server.intake._phones import normalize_phone, phone_problem
+from server.intake._plain import (
+    CONTROL,
+    MAX_AHEAD_S,
+    MAX_LINK_ID,
+    MAX_REFERRER,
+    MAX_URL,
+    MAX_USER_AGENT,
+    MIN_TIME,
+    SettingsLookup,
+    fits,
+    plain_clicks,
+)
 from server.store._records import Identifiers, IntegrationSettings, NewClick, NewConversion
 
 CURRENCY: Final = re.compile(r"[A-Z]{3}")
-MIN_TIME: Final = 946684800.0  # 2000-01-01T00:00:00Z
-MAX_AHEAD_S: Final = 365 * 86400.0
-MAX_URL: Final = 8192
-MAX_USER_AGENT: Final = 1024
-MAX_REFERRER: Final = 2048
-MAX_LINK_ID: Final = 256
 MAX_UTM: Final = 32
 MAX_UTM_VALUE: Final = 1024
 MAX_PROPERTIES: Final = 290  # Klaviyo's 300, less the properties the forwarder adds itself.
@@ -63,9 +68,7 @@ MAX_STORED_CLICK_BYTES: Final = (
     + MAX_UTM * (44 + 4 * MAX_UTM_VALUE + 8)
     + 254 * 4 + 16 + MAX_EXTERNAL_ID + 400 + 256
 )  # fmt: skip
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
-SettingsLookup = Callable[[str], IntegrationSettings | None]
 _DEFAULTS: Final = IntegrationSettings()
 
 
@@ -102,7 +105,7 @@ def _check_url(value: str, field: str, out: list[Violation]) -> None:
     if len(value) > MAX_URL:
         out.append(Violation(field, f"must be at most {MAX_URL} bytes"))
         return
-    if _CONTROL.search(value):
+    if CONTROL.search(value):
         out.append(Violation(field, "must not contain control characters (U+0000-U+001F, U+007F)"))
         return
     try:
@@ -115,9 +118,9 @@ def _check_url(value: str, field: str, out: list[Violation]) -> None:
 
 
 def _check_text(value: str, field: str, limit: int, out: list[Violation]) -> None:
-    if not _fits(value, limit):
+    if not fits(value, limit):
         out.append(Violation(field, f"must be at most {limit} bytes"))
-    elif _CONTROL.search(value):
+    elif CONTROL.search(value):
         out.append(Violation(field, "must not contain control characters (U+0000-U+001F, U+007F)"))
 
 
@@ -147,51 +150,6 @@ def validate_identifiers(
 ) -> Identifiers:
     """Identifiers checked as a click's are (for admin RPCs naming a profile)."""
     return _identifiers(ids, field, region, out)
-
-
-# Sufficient conditions for a valid URL, checked in one regex call: an http(s) scheme, a host
-# without brackets or whitespace. Anything else takes the detailed path, which decides.
-_PLAIN_URL: Final = re.compile(r"(?i)https?://[^\x00-\x20/?#\[\]]+(?:[/?#][^\x00-\x1f]*)?")
-
-
-def _fits(value: str, limit: int) -> bool:
-    # UTF-8 needs at most 4 bytes a character: most strings pass without being encoded.
-    return len(value) * 4 <= limit or len(value.encode()) <= limit
-
-
-def _plainly_valid(click: pb.Click, now: float) -> bool:
-    """A fast check that implies every detailed check passes (the common case)."""
-    if (
-        WORKSPACE_ID.fullmatch(click.workspace_id) is None
-        or EVENT_ID.fullmatch(click.click_id) is None
-        or not click.HasField("click_time")
-    ):
-        return False
-    ts = click.click_time
-    if not (MIN_TIME <= ts.seconds <= now + MAX_AHEAD_S - 1 and 0 <= ts.nanos < 1_000_000_000):
-        return False
-    for url in (click.destination_url, click.short_url):
-        if url and (len(url) > MAX_URL or _PLAIN_URL.fullmatch(url) is None):
-            return False
-    if click.utm_parameters or (click.link_id and not _fits(click.link_id, MAX_LINK_ID)):
-        return False  # rare: validated in detail
-    ids = click.identifiers
-    if (
-        (ids.email and not (ids.email.isascii() and is_email(ids.email)))
-        or ids.phone_number
-        or ids.external_id
-        or ids.kx
-    ):
-        return False
-    return (
-        _fits(click.user_agent, MAX_USER_AGENT)
-        and _fits(click.referrer, MAX_REFERRER)
-        and _CONTROL.search(click.user_agent) is None
-        and _CONTROL.search(click.referrer) is None
-        and _CONTROL.search(click.link_id) is None
-        and _CONTROL.search(click.destination_url) is None
-        and _CONTROL.search(click.short_url) is None
-    )
 
 
 def _click_violations(
@@ -224,7 +182,7 @@ def _click_violations(
                     f"value must be at most {MAX_UTM_VALUE} characters",
                 )
             )
-        elif _CONTROL.search(value):
+        elif CONTROL.search(value):
             out.append(
                 Violation(
                     f"{field}.utm_parameters[{key!r}]",
@@ -237,42 +195,33 @@ def _click_violations(
     return out, identifiers
 
 
-@functools.lru_cache(maxsize=256)
-def _identifier_parameters(email_parameters: tuple[str, ...]) -> re.Pattern[str]:
-    names = "|".join(re.escape(n) for n in (*email_parameters, "_kx"))
-    return re.compile(rf"[?&](?:{names})=")
-
-
-def _url_identifiers(url: str, settings: IntegrationSettings) -> Identifiers | None:
-    """Identifiers in the URL's query, or None when it cannot carry any (no parsing needed)."""
-    if _identifier_parameters(settings.email_parameters).search(url) is None:
-        return None
-    return identifiers_from_url(url, settings.email_parameters)
-
-
 def validate_click(
     click: pb.Click, field: str, settings_for: SettingsLookup, now: float | None = None
 ) -> NewClick | list[Violation]:
     """The click ready to commit, or every violation found (field paths under ``field``)."""
     now = time.time() if now is None else now
-    settings: IntegrationSettings | None = None
-    if _plainly_valid(click, now):
-        ids = click.identifiers
-        identifiers = Identifiers(ids.email, "", "", "")
-    else:
-        settings = settings_for(click.workspace_id) or _DEFAULTS
-        out, identifiers = _click_violations(click, field, now, settings.default_phone_region)
-        if out:
-            return out
-    if click.destination_url:
-        found = _url_identifiers(
-            click.destination_url, settings or settings_for(click.workspace_id) or _DEFAULTS
-        )
-        if found is not None:
-            identifiers = identifiers.merged_over(found)
     # Unknown fields are dropped, never stored (see the module docstring). The request is
     # ours to change: it is not read again after validation.
     click.DiscardUnknownFields()
+    plain = plain_clicks((click,), now, settings_for)
+    return plain[0] if plain else detailed_click(click, field, settings_for, now)
+
+
+def detailed_click(
+    click: pb.Click, field: str, settings_for: SettingsLookup, now: float
+) -> NewClick | list[Violation]:
+    """:func:`validate_click` field by field, for a click the fast path did not take.
+
+    The caller has dropped the click's unknown fields.
+    """
+    settings = settings_for(click.workspace_id) or _DEFAULTS
+    out, identifiers = _click_violations(click, field, now, settings.default_phone_region)
+    if out:
+        return out
+    if click.destination_url:
+        found = url_identifiers(click.destination_url, settings)
+        if found is not None:
+            identifiers = identifiers.merged_over(found)
     ts = click.click_time
     return NewClick(
         workspace_id=click.workspace_id,

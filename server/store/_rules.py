@@ -52,13 +52,14 @@ class ClickPlan:
         clicks = self.clicks
         return [(clicks[i].workspace_id, clicks[i].click_id) for i in self.candidates]
 
-    def settle(self, fresh: Collection[tuple[str, str]]) -> None:
+    def settle(self, fresh: Collection[tuple[str, str]] | None) -> None:
         """Decide every candidate: ``fresh`` holds the (workspace, click id) pairs that were
-        not in the click index before this batch (i.e. that this batch indexed)."""
+        not in the click index before this batch (i.e. that this batch indexed); None means
+        every candidate was (the usual case, which then needs no lookups)."""
         clicks, outcomes = self.clicks, self.outcomes
         for i in self.candidates:
             click = clicks[i]
-            if (click.workspace_id, click.click_id) not in fresh:
+            if fresh is not None and (click.workspace_id, click.click_id) not in fresh:
                 outcomes[i] = ClickOutcome.DUPLICATE
             elif click.identifiers.any():
                 outcomes[i] = ClickOutcome.QUEUED
@@ -67,9 +68,11 @@ class ClickPlan:
                 outcomes[i] = ClickOutcome.ANONYMOUS
                 self.anonymous[click.workspace_id] += 1
 
-    def indexed(self, fresh: Collection[tuple[str, str]]) -> list[NewClick]:
-        """The candidates that this batch put into the click index."""
+    def indexed(self, fresh: Collection[tuple[str, str]] | None) -> list[NewClick]:
+        """The candidates that this batch put into the click index (None: every one)."""
         clicks = self.clicks
+        if fresh is None:
+            return [clicks[i] for i in self.candidates]
         return [
             clicks[i]
             for i in self.candidates

@@ -8,7 +8,8 @@ the write lock and an open transaction; these functions only read and write rows
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from server.store._codec import properties_to_json, settings_from_json
@@ -21,7 +22,7 @@ from server.store._records import (
     NewClick,
     NewConversion,
 )
-from server.store._rules import decide_conversion, plan_clicks
+from server.store._rules import ClickPlan, decide_conversion, plan_clicks
 
 _CHUNK: Final = 500
 
@@ -50,17 +51,60 @@ def integrations_of(
     return found
 
 
-def insert_clicks(
-    conn: sqlite3.Connection, clicks: Sequence[NewClick], now: float, expires: float
-) -> tuple[list[ClickOutcome], dict[str, IntegrationSettings]]:
-    """Index and queue ``clicks``; one outcome per click, and the integrations consulted.
+INSERT_CLICK: Final = "INSERT INTO clicks VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
-    The integrations are read in this transaction, under the write lock: a workspace removed
-    by any process before it began gets NO_INTEGRATION, never a queued event.
+
+@dataclass(slots=True)
+class PreparedClicks:
+    """A batch's rows, built before the write lock is taken.
+
+    Built on two assumptions that :func:`insert_clicks` checks under the lock: that the
+    batch's workspaces with an integration are ``integrated``, and that none of its click
+    ids is in the click index yet (a resend is the rare case). Either wrong, the batch is
+    planned again inside the transaction; so the lock is held for the statements alone.
     """
-    settings = integrations_of(conn, (c.workspace_id for c in clicks))
-    plan = plan_clicks(clicks, settings)
-    keys = plan.candidate_keys()
+
+    clicks: Sequence[NewClick]
+    now: float
+    expires: float
+    workspaces: frozenset[str]
+    integrated: frozenset[str]
+    plan: ClickPlan
+    index_rows: list[tuple[Any, ...]]
+    outbox_rows: list[tuple[Any, ...]]
+
+
+def prepare_clicks(
+    clicks: Sequence[NewClick],
+    now: float,
+    expires: float,
+    integrated: Callable[[str], bool] | None = None,
+    fresh: Collection[tuple[str, str]] | None = None,
+) -> PreparedClicks:
+    """Plan ``clicks`` and build their rows, assuming the workspaces for which
+    ``integrated`` is true (all when None) have an integration and ``fresh`` holds the click
+    ids not indexed yet (all when None)."""
+    workspaces = frozenset(c.workspace_id for c in clicks)
+    assumed = frozenset(ws for ws in workspaces if integrated is None or integrated(ws))
+    plan = plan_clicks(clicks, assumed)
+    plan.settle(fresh)
+    index_rows = [
+        (c.workspace_id, c.click_id, (who := c.identifiers).email, who.phone_number,
+         who.external_id, who.kx, c.click_time, expires)
+        for c in plan.indexed(fresh)
+    ]  # fmt: skip
+    click_kind = EventKind.CLICK.value
+    outbox_rows = [
+        (c.workspace_id, click_kind, c.click_id, c.click_time, now, (who := c.identifiers).email,
+         who.phone_number, who.external_id, who.kx, c.payload, None, "", now)
+        for c in plan.queued
+    ]  # fmt: skip
+    return PreparedClicks(clicks, now, expires, workspaces, assumed, plan, index_rows, outbox_rows)
+
+
+def _indexed_already(
+    conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]
+) -> set[tuple[str, str]]:
     by_workspace: dict[str, list[str]] = {}
     for workspace_id, click_id in keys:
         by_workspace.setdefault(workspace_id, []).append(click_id)
@@ -75,31 +119,47 @@ def insert_clicks(
                     (workspace_id, *chunk),
                 )
             )
-    fresh = {k for k in keys if k not in known}
-    plan.settle(fresh)
-    index_rows = [
-        (c.workspace_id, c.click_id, (who := c.identifiers).email, who.phone_number,
-         who.external_id, who.kx, c.click_time, expires)
-        for c in plan.indexed(fresh)
-    ]  # fmt: skip
-    if index_rows:
-        conn.executemany("INSERT INTO clicks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", index_rows)
-    if plan.queued:
-        click_kind = EventKind.CLICK.value
-        conn.executemany(
-            INSERT_OUTBOX,
-            [
-                (c.workspace_id, click_kind, c.click_id, c.click_time, now, (who := c.identifiers).email,
-                 who.phone_number, who.external_id, who.kx, c.payload, None, "", now)
-                for c in plan.queued
-            ],
-        )  # fmt: skip
-    if plan.anonymous:
+    return known
+
+
+def insert_clicks(
+    conn: sqlite3.Connection, prepared: PreparedClicks
+) -> tuple[list[ClickOutcome], dict[str, IntegrationSettings]]:
+    """Index and queue the clicks; one outcome per click, and the integrations consulted.
+
+    The integrations are read in this transaction, under the write lock: a workspace removed
+    by any process before it began gets NO_INTEGRATION, never a queued event.
+    """
+    p = prepared
+    settings = integrations_of(conn, p.workspaces)
+    if settings.keys() != p.integrated:
+        p = prepare_clicks(p.clicks, p.now, p.expires, settings.__contains__)
+    if p.index_rows:
+        # Every id new, as usual: the click index's primary key proves it, no lookup needed.
+        conn.execute("SAVEPOINT fresh_clicks")
+        try:
+            conn.executemany(INSERT_CLICK, p.index_rows)
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK TO fresh_clicks")
+            keys = p.plan.candidate_keys()
+            known = _indexed_already(conn, keys)
+            p = prepare_clicks(
+                p.clicks,
+                p.now,
+                p.expires,
+                settings.__contains__,
+                {k for k in keys if k not in known},
+            )
+            conn.executemany(INSERT_CLICK, p.index_rows)
+        conn.execute("RELEASE fresh_clicks")
+    if p.outbox_rows:
+        conn.executemany(INSERT_OUTBOX, p.outbox_rows)
+    if p.plan.anonymous:
         conn.executemany(
             "UPDATE integrations SET anonymous_count = anonymous_count + ? WHERE workspace_id = ?",
-            [(n, ws) for ws, n in plan.anonymous.items()],
+            [(n, ws) for ws, n in p.plan.anonymous.items()],
         )
-    return plan.outcomes, settings
+    return p.plan.outcomes, settings
 
 
 def insert_conversion(

@@ -51,7 +51,12 @@ from server.store._rules import ascii_lower
 from server.store._rules import audit_where as _audit_where
 from server.store._settings import SettingsCache
 from server.store.sqlite._connection import NOW, WriteLock, connect, migrate
-from server.store.sqlite._intake import insert_clicks, insert_conversion, integrations_of
+from server.store.sqlite._intake import (
+    insert_clicks,
+    insert_conversion,
+    integrations_of,
+    prepare_clicks,
+)
 
 _log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -481,10 +486,16 @@ class SqliteStore:
 
     # -- intake ----------------------------------------------------------------------------
     async def take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
-        expires = now + self._config.attribution_window_s
+        settings = self._settings
+        prepared = prepare_clicks(
+            clicks,
+            now,
+            now + self._config.attribution_window_s,
+            lambda ws: settings.get(ws) is not None,
+        )
 
         def op(conn: sqlite3.Connection) -> tuple[list[ClickOutcome], dict[str, Any]]:
-            return insert_clicks(conn, clicks, now, expires)
+            return insert_clicks(conn, prepared)
 
         outcomes, found = await self._call(op, group=True)
         self._settings.learn({c.workspace_id for c in clicks}, found)

@@ -11,7 +11,7 @@ from server.store._exceptions import StoreError
 from server.store._records import ClickOutcome, IntegrationSettings, NewClick
 from server.store._settings import SettingsCache
 from server.store.sqlite._connection import WriteLock, connect
-from server.store.sqlite._intake import insert_clicks, integrations_of
+from server.store.sqlite._intake import insert_clicks, integrations_of, prepare_clicks
 
 
 class SqliteClickWriter:
@@ -40,14 +40,19 @@ class SqliteClickWriter:
             self._settings.learn((workspace_id,), found)
         return self._settings.get(workspace_id)
 
+    def _integrated(self, workspace_id: str) -> bool:
+        return self._settings.get(workspace_id) is not None
+
     def take_clicks(self, clicks: Sequence[NewClick], now: float) -> list[ClickOutcome]:
-        expires = now + self._config.attribution_window_s
+        prepared = prepare_clicks(
+            clicks, now, now + self._config.attribution_window_s, self._integrated
+        )
         conn = self._conn
         try:
             with self._lock:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    outcomes, found = insert_clicks(conn, clicks, now, expires)
+                    outcomes, found = insert_clicks(conn, prepared)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
