@@ -75,6 +75,20 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used by ``pid`` and its live children (e.g. intake workers)."""
+    return cpu_s(pid) + sum(cpu_s(child) for child in child_pids(pid))
+
+
 def tree_peak_rss_mb(pid: int) -> tuple[float, float]:
     """(VmHWM of ``pid``, sum of its children's VmHWM), in MiB."""
     return peak_rss_mb(pid), sum(peak_rss_mb(child) for child in child_pids(pid))

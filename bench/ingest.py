@@ -39,8 +39,8 @@ sys.path[:0] = [str(REPO), str(REPO / "protos")]
 
 from elido.forwarder.v1 import forwarder_pb2 as pb  # noqa: E402
 
-from bench._common import Profiler  # noqa: E402
-from bench._storage import postgres_ceiling, rows_of, sqlite_ceiling  # noqa: E402
+from bench._common import Profiler, tree_cpu_s  # noqa: E402
+from bench._storage import Row, postgres_ceiling, rows_of, sqlite_ceiling  # noqa: E402
 from server.devstack._openbao import OpenBaoDevServer  # noqa: E402
 from tests.support.forwarder import ForwarderProcess  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
@@ -178,6 +178,16 @@ def measure(label: str, fn: Callable[[], float]) -> float:
     return rate
 
 
+def cpu_per_click(label: str, pid: int | None, clicks: int, fn: Callable[[], float]) -> float:
+    """Run ``fn``; print the CPU µs per click of ``pid`` and its children (None: this
+    process). Other load on a shared machine moves this figure far less than a rate."""
+    before = time.process_time() if pid is None else tree_cpu_s(pid)
+    rate = fn()
+    used = (time.process_time() if pid is None else tree_cpu_s(pid)) - before
+    print(f"  {label:<52} {used / clicks * 1e6:>10.1f} µs", flush=True)
+    return rate
+
+
 def profiled(
     args: argparse.Namespace, pid: int, name: str, run: Callable[[], float]
 ) -> Callable[[], float]:
@@ -228,30 +238,38 @@ def run_store(
         print(
             f"{store}: StreamClicks, {args.streams} streams x 8 batches in flight, {args.clicks:,} clicks per run"
         )
+        assert forwarder.process is not None
+        pid = forwarder.process.pid
         for batch in (100, 500):
-            assert forwarder.process is not None
-            fwd = results[f"{store}_stream_{batch}"] = measure(
-                f"forwarder (durable commit), batches of {batch}",
-                profiled(
+            batches, label = data[batch], f"batches of {batch}"
+
+            def forwarded(b: list[bytes] = batches, n: int = batch, name: str = label) -> float:
+                run = profiled(
                     args,
-                    forwarder.process.pid,
-                    f"{store}-stream-{batch}",
-                    lambda b=data[batch], n=batch: asyncio.run(
-                        stream_rate(forwarder.target, md, b, n, args.streams)
-                    ),
-                ),
+                    pid,
+                    f"{store}-stream-{n}",
+                    lambda: asyncio.run(stream_rate(forwarder.target, md, b, n, args.streams)),
+                )
+                return measure(f"forwarder (durable commit), {name}", run)
+
+            fwd = results[f"{store}_stream_{batch}"] = cpu_per_click(
+                "  its CPU per click (server and intake workers)", pid, args.clicks, forwarded
             )
-            rows = rows_of(data[batch])
+            rows = rows_of(batches)
             if postgres is not None:
                 ceiling = measure(
-                    f"storage ceiling (COPY, {args.streams} connections), batches of {batch}",
+                    f"storage ceiling (COPY, {args.streams} connections), {label}",
                     lambda r=rows: postgres_ceiling(postgres.create_database(), r, args.streams),
                 )
             else:
-                ceiling = measure(
-                    f"storage ceiling (bare inserts), batches of {batch}",
-                    lambda r=rows, n=batch: sqlite_ceiling(tmp / f"ceiling-{n}.db", r),
-                )
+
+                def bare(r: list[list[Row]] = rows, n: int = batch) -> float:
+                    return measure(
+                        f"storage ceiling (bare inserts), batches of {n}",
+                        lambda: sqlite_ceiling(tmp / f"ceiling-{n}.db", r),
+                    )
+
+                ceiling = cpu_per_click("  its CPU per click", None, args.clicks, bare)
             results[f"{store}_ceiling_{batch}"] = ceiling
             print(f"  {'forwarder / storage ceiling':<52} {fwd / ceiling:>12.1%}")
             print(
@@ -259,13 +277,18 @@ def run_store(
             )
         print(f"{store}: ForwardClick, 64 in flight, {args.unary_calls:,} calls per run")
         assert forwarder.process is not None
-        fwd = results[f"{store}_unary"] = measure(
-            "forwarder (durable commit)",
-            profiled(
-                args,
-                forwarder.process.pid,
-                f"{store}-unary",
-                lambda: asyncio.run(unary_rate(forwarder.target, md, unary)),
+        fwd = results[f"{store}_unary"] = cpu_per_click(
+            "  its CPU per call (server and intake workers)",
+            forwarder.process.pid,
+            len(unary),
+            lambda: measure(
+                "forwarder (durable commit)",
+                profiled(
+                    args,
+                    forwarder.process.pid,
+                    f"{store}-unary",
+                    lambda: asyncio.run(unary_rate(forwarder.target, md, unary)),
+                ),
             ),
         )
         print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop['unary']:>12.1%}")
@@ -321,9 +344,14 @@ def main() -> None:
                         stream_rate(noop_target, [], b, n, args.streams)
                     ),
                 )
-            noop["unary"] = measure(
-                "ForwardClick, 64 in flight",
-                lambda: asyncio.run(unary_rate(noop_target, [], unary["noop"])),
+            noop["unary"] = cpu_per_click(
+                "  its CPU per call",
+                noop_proc.pid,
+                len(unary["noop"]),
+                lambda: measure(
+                    "ForwardClick, 64 in flight",
+                    lambda: asyncio.run(unary_rate(noop_target, [], unary["noop"])),
+                ),
             )
             results |= {f"noop_{k}": v for k, v in noop.items()}
             for store in stores:

@@ -193,6 +193,58 @@ def plain_clicks(
     return taken
 
 
+def plain_click(click: pb.Click, now: float, settings_for: SettingsLookup) -> NewClick | None:
+    """:func:`plain_clicks` for one click (a ForwardClick): the same conditions, checked on
+    the click directly, since for one value a column costs more than it saves."""
+    workspace_id, click_id = click.workspace_id, click.click_id
+    ts = click.click_time
+    seconds, nanos = ts.seconds, ts.nanos
+    if (
+        WORKSPACE_ID.fullmatch(workspace_id) is None
+        or EVENT_ID.fullmatch(click_id) is None
+        or not MIN_TIME <= seconds <= now + MAX_AHEAD_S - 1
+        or not 0 <= nanos < 1_000_000_000
+    ):
+        return None
+    destination, short = click.destination_url, click.short_url
+    for url in (destination, short):
+        if url and (not fits(url, MAX_URL) or _ONE_URL.fullmatch(url) is None):
+            return None
+    link_id, user_agent, referrer = click.link_id, click.user_agent, click.referrer
+    ids = click.identifiers
+    email = ids.email
+    if (
+        not fits(link_id, MAX_LINK_ID)
+        or not fits(user_agent, MAX_USER_AGENT)
+        or not fits(referrer, MAX_REFERRER)
+        or CONTROL.search(link_id + user_agent + referrer) is not None
+        or ids.phone_number
+        or ids.external_id
+        or ids.kx
+        or click.utm_parameters
+        or (
+            email
+            and not (
+                len(email) <= MAX_EMAIL
+                and email.isascii()
+                and EMAIL_PATTERN.fullmatch(email) is not None
+            )
+        )
+    ):
+        return None
+    taken = {
+        0: NewClick(
+            workspace_id,
+            click_id,
+            seconds + nanos / 1e9,
+            Identifiers(email) if email else _NO_IDENTIFIERS,
+            click.SerializeToString(),
+        )
+    }
+    _add_url_identifiers(taken, (destination,), settings_for)
+    return taken[0]
+
+
 def _add_url_identifiers(
     taken: dict[int, NewClick], destinations: Sequence[str], settings_for: SettingsLookup
 ) -> None:

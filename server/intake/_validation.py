@@ -49,7 +49,7 @@ from server.intake._plain import (
     MIN_TIME,
     SettingsLookup,
     fits,
-    plain_clicks,
+    plain_click,
 )
 from server.store._records import Identifiers, IntegrationSettings, NewClick, NewConversion
 
@@ -203,8 +203,7 @@ def validate_click(
     # Unknown fields are dropped, never stored (see the module docstring). The request is
     # ours to change: it is not read again after validation.
     click.DiscardUnknownFields()
-    plain = plain_clicks((click,), now, settings_for)
-    return plain[0] if plain else detailed_click(click, field, settings_for, now)
+    return plain_click(click, now, settings_for) or detailed_click(click, field, settings_for, now)
 
 
 def detailed_click(
