@@ -9,12 +9,14 @@ refuses (a message over the size limit) before any handler runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import itertools
+import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import grpc
 import structlog
@@ -71,6 +73,7 @@ def _ended_by_grpc(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
     return not context.peer()
 
 
+@functools.lru_cache(maxsize=128)  # one per method: built once, not per call
 def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     # grpc answers a deserializer's exception with UNKNOWN and a Python class name; a caller
     # sending garbage deserves INVALID_ARGUMENT like any other bad input.
@@ -152,6 +155,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
         return await continuation(details)
 
 
+@functools.lru_cache(maxsize=256)
+def _method_facts(method: str) -> tuple[str, bool]:
+    """A method's short name, and whether its successful calls are quiet (debug level)."""
+    quiet = METHOD_ROLES.get(method) is Role.INGEST or not method.startswith("/elido.")
+    return method.rsplit("/", 1)[-1], quiet
+
+
+@functools.lru_cache(maxsize=1024)
+def _latency(method: str, code: str) -> Any:
+    # prometheus_client's labels() validates and locks on every call: once per pair is enough.
+    return RPC_LATENCY.labels(method, code)
+
+
+# Request ids for calls that bring none: unique per process (a random prefix, a counter), so
+# a busy server does not pay for a random UUID on every call.
+_ID_PREFIX: Final = os.urandom(4).hex()
+_call_numbers = itertools.count()
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_call_numbers) & 0xFFFFFFFF:08x}"
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # not generic at runtime
     """Binds a request id to every log line of a call, logs its outcome, times it."""
 
@@ -161,10 +187,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         handler = await continuation(details)
         if handler is None:
             return None
-        method = details.method
-        short = method.rsplit("/", 1)[-1]
-        request_id = _metadata(details, "x-request-id") or uuid.uuid4().hex[:16]
-        quiet = METHOD_ROLES.get(method) is Role.INGEST or not method.startswith("/elido.")
+        short, quiet = _method_facts(details.method)
+        request_id = _metadata(details, "x-request-id") or _new_request_id()
 
         def finish(
             context: grpc.aio.ServicerContext[Any, Any], started: float, exc: BaseException | None
@@ -180,7 +204,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             else:
                 code_name = "UNKNOWN" if exc else "OK"
             elapsed = time.perf_counter() - started
-            RPC_LATENCY.labels(short, code_name).observe(elapsed)
+            _latency(short, code_name).observe(elapsed)
             if code_name != "OK":
                 emit = _log.warning
             elif not quiet:

@@ -56,3 +56,31 @@ async def test_a_failed_commit_fails_every_caller_in_it() -> None:
     assert all(isinstance(r, StoreError) for r in results)
     with pytest.raises(StoreError):
         await coalescer.take(click("after"))  # and the coalescer still works afterwards
+
+
+async def _later(coalescer: Coalescer[str, str], item: str, after_s: float) -> str:
+    await asyncio.sleep(after_s)
+    return await coalescer.take(item)
+
+
+@pytest.mark.parametrize("linger_s", [0.5, 0.0])
+async def test_under_load_a_commit_waits_briefly_for_more_and_a_lone_call_does_not(
+    linger_s: float,
+) -> None:
+    commits: list[list[str]] = []
+
+    async def take(items: Sequence[str]) -> list[str]:
+        commits.append(list(items))
+        return list(items)
+
+    coalescer: Coalescer[str, str] = Coalescer(take, linger_s=linger_s)
+    assert await coalescer.take("alone") == "alone"
+    assert commits == [["alone"]]  # nothing before it carried two: committed at once
+
+    await asyncio.gather(coalescer.take("a"), coalescer.take("b"))
+    assert commits[-1] == ["a", "b"]
+
+    # The last commit carried two, so the next one lingers: a call arriving 50 ms later
+    # still joins it. Without a linger it gets a commit of its own.
+    await asyncio.gather(coalescer.take("c"), _later(coalescer, "d", 0.05))
+    assert commits[-2:] == ([["a", "b"], ["c", "d"]] if linger_s else [["c"], ["d"]])
