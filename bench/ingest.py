@@ -9,6 +9,9 @@ synchronous_commit on, the server on this machine) — beside two ceilings:
 * the storage ceiling: the same rows written straight into the same schema with the same
   durability by a bare script, no gRPC, no validation (``bench/_storage.py``).
 
+Every run, the forwarder's and each ceiling's, starts on an empty store: a store that already
+holds earlier runs' rows inserts more slowly, which would make the order of runs a figure.
+
 Not a test: it asserts nothing.
 
     .venv/bin/python bench/ingest.py [--store sqlite|postgres|both] [--clicks 300000]
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -29,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -206,6 +210,40 @@ def profiled(
     return sampled
 
 
+class _Forwarder:
+    """A fresh forwarder (its own empty store) per measured run, as each ceiling starts from
+    an empty store: a store already holding earlier runs' rows inserts more slowly."""
+
+    def __init__(
+        self, store: str, tmp: Path, vault: OpenBaoDevServer, postgres: PostgresServer | None
+    ) -> None:
+        self._store, self._tmp, self._vault, self._postgres = store, tmp, vault, postgres
+        self._runs = 0
+
+    @contextlib.contextmanager
+    def started(self) -> Iterator[tuple[ForwarderProcess, list[tuple[str, str]]]]:
+        self._runs += 1
+        url = self._postgres.create_database() if self._postgres is not None else ""
+        forwarder = ForwarderProcess(
+            self._tmp / f"fwd-{self._store}-{self._runs}",
+            self._vault.addr,
+            self._vault.mint_token(),
+            env={"FORWARDER_DELIVERY": "off", "FORWARDER_LOG_LEVEL": "info"},
+            database_url=url,
+        )
+        try:
+            forwarder.start()
+            forwarder.stub().RegisterIntegration(
+                pb.RegisterIntegrationRequest(
+                    workspace_id=WORKSPACE, private_key="pk_" + secrets.token_hex(17)
+                ),
+                metadata=forwarder.admin(),
+            )
+            yield forwarder, forwarder.ingest()
+        finally:
+            forwarder.stop()
+
+
 def run_store(
     store: str,
     args: argparse.Namespace,
@@ -218,86 +256,79 @@ def run_store(
 ) -> dict[str, float]:
     """The forwarder on ``store`` beside that store's ceiling; prints as it goes."""
     results: dict[str, float] = {}
-    url = postgres.create_database() if postgres is not None else ""
-    forwarder = ForwarderProcess(
-        tmp / f"fwd-{store}",
-        vault.addr,
-        vault.mint_token(),
-        env={"FORWARDER_DELIVERY": "off", "FORWARDER_LOG_LEVEL": "info"},
-        database_url=url,
+    fresh = _Forwarder(store, tmp, vault, postgres)
+    print(
+        f"{store}: StreamClicks, {args.streams} streams x 8 batches in flight, "
+        f"{args.clicks:,} clicks per run, each run on an empty store"
     )
-    try:
-        forwarder.start()
-        forwarder.stub().RegisterIntegration(
-            pb.RegisterIntegrationRequest(
-                workspace_id=WORKSPACE, private_key="pk_" + secrets.token_hex(17)
-            ),
-            metadata=forwarder.admin(),
-        )
-        md = forwarder.ingest()
-        print(
-            f"{store}: StreamClicks, {args.streams} streams x 8 batches in flight, {args.clicks:,} clicks per run"
-        )
-        assert forwarder.process is not None
-        pid = forwarder.process.pid
-        for batch in (100, 500):
-            batches, label = data[batch], f"batches of {batch}"
+    outbox_rows = 0
+    for batch in (100, 500):
+        batches, label = data[batch], f"batches of {batch}"
+        with fresh.started() as (forwarder, md):
+            assert forwarder.process is not None
+            pid = forwarder.process.pid
 
-            def forwarded(b: list[bytes] = batches, n: int = batch, name: str = label) -> float:
+            def forwarded(
+                b: list[bytes] = batches,
+                n: int = batch,
+                name: str = label,
+                target: str = forwarder.target,
+                md: list[tuple[str, str]] = md,
+                pid: int = pid,
+            ) -> float:
                 run = profiled(
                     args,
                     pid,
                     f"{store}-stream-{n}",
-                    lambda: asyncio.run(stream_rate(forwarder.target, md, b, n, args.streams)),
+                    lambda: asyncio.run(stream_rate(target, md, b, n, args.streams)),
                 )
                 return measure(f"forwarder (durable commit), {name}", run)
 
             fwd = results[f"{store}_stream_{batch}"] = cpu_per_click(
                 "  its CPU per click (server and intake workers)", pid, args.clicks, forwarded
             )
-            rows = rows_of(batches)
-            if postgres is not None:
-                ceiling = measure(
-                    f"storage ceiling (COPY, {args.streams} connections), {label}",
-                    lambda r=rows: postgres_ceiling(postgres.create_database(), r, args.streams),
-                )
-            else:
-
-                def bare(r: list[list[Row]] = rows, n: int = batch) -> float:
-                    return measure(
-                        f"storage ceiling (bare inserts), batches of {n}",
-                        lambda: sqlite_ceiling(tmp / f"ceiling-{n}.db", r),
-                    )
-
-                ceiling = cpu_per_click("  its CPU per click", None, args.clicks, bare)
-            results[f"{store}_ceiling_{batch}"] = ceiling
-            print(f"  {'forwarder / storage ceiling':<52} {fwd / ceiling:>12.1%}")
-            print(
-                f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop[f'stream_{batch}']:>12.1%}"
+            outbox_rows += forwarder.database.value("SELECT count(*) FROM outbox")
+        rows = rows_of(batches)
+        if postgres is not None:
+            ceiling = measure(
+                f"storage ceiling (COPY, {args.streams} connections), {label}",
+                lambda r=rows: postgres_ceiling(postgres.create_database(), r, args.streams),
             )
-        print(f"{store}: ForwardClick, 64 in flight, {args.unary_calls:,} calls per run")
+        else:
+
+            def bare(r: list[list[Row]] = rows, n: int = batch) -> float:
+                return measure(
+                    f"storage ceiling (bare inserts), batches of {n}",
+                    lambda: sqlite_ceiling(tmp / f"ceiling-{n}.db", r),
+                )
+
+            ceiling = cpu_per_click("  its CPU per click", None, args.clicks, bare)
+        results[f"{store}_ceiling_{batch}"] = ceiling
+        print(f"  {'forwarder / storage ceiling':<52} {fwd / ceiling:>12.1%}")
+        print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop[f'stream_{batch}']:>12.1%}")
+    print(f"{store}: ForwardClick, 64 in flight, {args.unary_calls:,} calls per run")
+    with fresh.started() as (forwarder, md):
         assert forwarder.process is not None
+        pid = forwarder.process.pid
         fwd = results[f"{store}_unary"] = cpu_per_click(
             "  its CPU per call (server and intake workers)",
-            forwarder.process.pid,
+            pid,
             len(unary),
             lambda: measure(
                 "forwarder (durable commit)",
                 profiled(
                     args,
-                    forwarder.process.pid,
+                    pid,
                     f"{store}-unary",
                     lambda: asyncio.run(unary_rate(forwarder.target, md, unary)),
                 ),
             ),
         )
-        print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop['unary']:>12.1%}")
-        queued = forwarder.database.value("SELECT count(*) FROM outbox")
-        expected = 2 * args.clicks + args.unary_calls
-        print(f"  outbox rows after the run: {queued:,} (expected {expected:,})")
-        results[f"{store}_outbox_rows"] = queued
-    finally:
-        forwarder.stop()
+        outbox_rows += forwarder.database.value("SELECT count(*) FROM outbox")
+    print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop['unary']:>12.1%}")
+    expected = 2 * args.clicks + args.unary_calls
+    print(f"  outbox rows after the runs: {outbox_rows:,} (expected {expected:,})")
+    results[f"{store}_outbox_rows"] = outbox_rows
     return results
 
 
