@@ -15,7 +15,8 @@ holds earlier runs' rows inserts more slowly, which would make the order of runs
 Not a test: it asserts nothing.
 
     .venv/bin/python bench/ingest.py [--store sqlite|postgres|both] [--clicks 300000]
-                                     [--streams 4] [--unary-calls 20000] [--profile DIR]
+                                     [--streams 4] [--batches 100,500] [--unary-calls 20000]
+                                     [--profile DIR]
 
 ``--profile DIR`` samples the forwarder (and its intake workers) with py-spy during each of
 its runs: raw collapsed stacks in DIR, the top functions by own and total time printed.
@@ -262,7 +263,7 @@ def run_store(
         f"{args.clicks:,} clicks per run, each run on an empty store"
     )
     outbox_rows = 0
-    for batch in (100, 500):
+    for batch in args.batches:
         batches, label = data[batch], f"batches of {batch}"
         with fresh.started() as (forwarder, md):
             assert forwarder.process is not None
@@ -306,6 +307,11 @@ def run_store(
         results[f"{store}_ceiling_{batch}"] = ceiling
         print(f"  {'forwarder / storage ceiling':<52} {fwd / ceiling:>12.1%}")
         print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop[f'stream_{batch}']:>12.1%}")
+    expected = len(args.batches) * args.clicks + args.unary_calls
+    if not args.unary_calls:
+        print(f"  outbox rows after the runs: {outbox_rows:,} (expected {expected:,})")
+        results[f"{store}_outbox_rows"] = outbox_rows
+        return results
     print(f"{store}: ForwardClick, 64 in flight, {args.unary_calls:,} calls per run")
     with fresh.started() as (forwarder, md):
         assert forwarder.process is not None
@@ -326,7 +332,6 @@ def run_store(
         )
         outbox_rows += forwarder.database.value("SELECT count(*) FROM outbox")
     print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop['unary']:>12.1%}")
-    expected = 2 * args.clicks + args.unary_calls
     print(f"  outbox rows after the runs: {outbox_rows:,} (expected {expected:,})")
     results[f"{store}_outbox_rows"] = outbox_rows
     return results
@@ -339,7 +344,13 @@ def main() -> None:
     parser.add_argument("--store", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--clicks", type=int, default=300_000, help="clicks per StreamClicks run")
     parser.add_argument("--streams", type=int, default=4, help="concurrent streams")
-    parser.add_argument("--unary-calls", type=int, default=20_000)
+    parser.add_argument(
+        "--batches",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[100, 500],
+        help="StreamClicks batch sizes, comma-separated (default 100,500)",
+    )
+    parser.add_argument("--unary-calls", type=int, default=20_000, help="0 skips ForwardClick")
     parser.add_argument("--profile", type=Path, help="py-spy raw profiles of the forwarder here")
     args = parser.parse_args()
     if args.profile is not None:
@@ -351,7 +362,8 @@ def main() -> None:
         print(f"building {args.clicks:,} clicks per batch size, per store...", flush=True)
         data = {
             store: {
-                batch: build_batches(f"{store}{batch}", args.clicks, batch) for batch in (100, 500)
+                batch: build_batches(f"{store}{batch}", args.clicks, batch)
+                for batch in args.batches
             }
             for store in ["noop", *stores]
         }
@@ -368,22 +380,23 @@ def main() -> None:
                 print(f"{postgres.version} on this machine (fsync=on, synchronous_commit=on)")
             print("no-op gRPC server (the gRPC ceiling)")
             noop = {}
-            for batch in (100, 500):
+            for batch in args.batches:
                 noop[f"stream_{batch}"] = measure(
                     f"StreamClicks, batches of {batch}",
                     lambda b=data["noop"][batch], n=batch: asyncio.run(
                         stream_rate(noop_target, [], b, n, args.streams)
                     ),
                 )
-            noop["unary"] = cpu_per_click(
-                "  its CPU per call",
-                noop_proc.pid,
-                len(unary["noop"]),
-                lambda: measure(
-                    "ForwardClick, 64 in flight",
-                    lambda: asyncio.run(unary_rate(noop_target, [], unary["noop"])),
-                ),
-            )
+            if args.unary_calls:
+                noop["unary"] = cpu_per_click(
+                    "  its CPU per call",
+                    noop_proc.pid,
+                    len(unary["noop"]),
+                    lambda: measure(
+                        "ForwardClick, 64 in flight",
+                        lambda: asyncio.run(unary_rate(noop_target, [], unary["noop"])),
+                    ),
+                )
             results |= {f"noop_{k}": v for k, v in noop.items()}
             for store in stores:
                 results |= run_store(
