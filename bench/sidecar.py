@@ -15,7 +15,8 @@ and an integration registered; Klaviyo unreachable, so delivery backs off and st
 ``tests/support/forwarder.py`` and the ``bao`` binary are available, else the no-op server.
 ``--receiver`` forces one. ``--profile DIR`` samples the sidecar with py-spy during each run
 (raw collapsed stacks in DIR, and the top functions by own and by total time printed).
-Usage: ``python bench/sidecar.py [--seconds 10] [--log-lines N] [--profile DIR]``.
+Usage: ``python bench/sidecar.py [--seconds 10] [--log-lines N] [--connections 4]
+[--clicks-per-request 200] [--profile DIR]``.
 """
 
 from __future__ import annotations
@@ -313,7 +314,7 @@ async def bench(args: argparse.Namespace) -> None:
         start = time.monotonic()
         cpu_start = sidecar.cpu_s()
         accepted = await post_loop(
-            sidecar.port, workspace, "h", args.seconds, 200, args.connections
+            sidecar.port, workspace, "h", args.seconds, args.clicks_per_request, args.connections
         )
         http_elapsed = time.monotonic() - start
         await sidecar.wait_acked(accepted)
@@ -345,7 +346,7 @@ async def bench(args: argparse.Namespace) -> None:
 
     print(
         f"receiving server: {receiver}; HTTP posters: {args.connections} keep-alive "
-        "connections, 200 clicks a request"
+        f"connections, {args.clicks_per_request} clicks a request"
     )
     print(
         f"no-op grpc.aio StreamClicks ceiling (batches of 500, window 8): {ceiling:,.0f} clicks/s"
@@ -380,7 +381,10 @@ def main() -> None:
     # Each request waits for its group commit: with few connections the fsync latency, not
     # the sidecar, bounds the HTTP figure.
     parser.add_argument(
-        "--connections", type=int, default=4, help="HTTP posters (200 clicks a request)"
+        "--connections", type=int, default=4, help="HTTP posters (keep-alive connections)"
+    )
+    parser.add_argument(
+        "--clicks-per-request", type=int, default=200, help="clicks in each HTTP POST (NDJSON)"
     )
     parser.add_argument("--receiver", choices=("auto", "noop", "forwarder"), default="auto")
     parser.add_argument("--profile", type=Path, help="py-spy raw profiles of the sidecar here")

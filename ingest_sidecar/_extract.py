@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from elido_common.syntax import (
     kx_from_parameter,
 )
 
+from . import _wire
 from ._config import ExtractConfig
 from ._ids import UlidGenerator, derived_ulid
 
@@ -62,6 +64,15 @@ RECORD_FIELDS: Final = (
     "kx",
     "utm_parameters",
 )
+
+
+# ``_wire.ClickEncoder.click``'s arguments: click_id, workspace_id, click_time seconds and
+# nanos, link_id, short_url, destination_url, utm_parameters, email, phone_number,
+# external_id, kx, user_agent, referrer.
+_ClickFields = tuple[
+    str, str, int, int, str, str, str, dict[str, str], str, str, str, str, str, str
+]
+_NO_MAPPING: Final[Mapping[str, str]] = {}
 
 
 class Skip(Exception):
@@ -171,6 +182,34 @@ def _check_url(url: str, name: str) -> str:
     return split[1]
 
 
+# Every two-hex-digit escape (either case) and, for those below 0x80, its character.
+_HEX_PAIRS: Final = frozenset(a + b for a in string.hexdigits for b in string.hexdigits)
+_HEX_ASCII: Final = {pair: chr(int(pair, 16)) for pair in _HEX_PAIRS if int(pair, 16) < 0x80}
+
+
+def _unquote(text: str) -> str:
+    """``urllib.parse.unquote(text)``, ~4x faster when every escape is an ASCII character.
+
+    unquote decodes escaped bytes as UTF-8 (errors replaced); escapes of bytes >= 0x80 (UTF-8
+    sequences) are left to it. An escape that is not two hex digits stays as it is, as there.
+    """
+    if "%" not in text:
+        return text
+    pieces = text.split("%")
+    parts = [pieces[0]]
+    for piece in pieces[1:]:
+        char = _HEX_ASCII.get(piece[:2])
+        if char is not None:
+            parts.append(char)
+            parts.append(piece[2:])
+        elif piece[:2] in _HEX_PAIRS:
+            return unquote(text)
+        else:
+            parts.append("%")
+            parts.append(piece)
+    return "".join(parts)
+
+
 def _query(query: str) -> dict[str, str]:
     """``dict(parse_qsl(query))`` keeping each name's first value, without its overhead."""
     params: dict[str, str] = {}
@@ -184,13 +223,13 @@ def _query(query: str) -> dict[str, str]:
         if "+" in name:
             name = name.replace("+", " ")
         if "%" in name:
-            name = unquote(name)
+            name = _unquote(name)
         if name in params:
             continue
         if "+" in value:
             value = value.replace("+", " ")
         if "%" in value:
-            value = unquote(value)
+            value = _unquote(value)
         params[name] = value
     return params
 
@@ -239,6 +278,8 @@ class Extractor:
             *config.external_id_parameters,
             config.kx_parameter,
         }
+        self._kx_params = (config.kx_parameter,) if config.kx_parameter else ()
+        self._encoder = _wire.ClickEncoder()
         self._mapping_source: Mapping[str, str] | None = None
         self._mapping: dict[str, str] = {}
 
@@ -249,6 +290,65 @@ class Extractor:
         now: float | None = None,
     ) -> Extracted:
         """The click for ``record``; raises :class:`Skip` with a reason if there is none."""
+        (
+            (
+                click_id,
+                workspace_id,
+                seconds,
+                nanos,
+                link_id,
+                short_url,
+                destination_url,
+                utm,
+                email,
+                phone,
+                external_id,
+                kx,
+                user_agent,
+                referrer,
+            ),
+            invalid,
+        ) = self._fields(record, mapping, now)
+        # Sub-messages given as dicts: upb builds them in C, ~2x faster than setting
+        # `click.click_time.seconds` and friends through their Python wrappers.
+        click = forwarder_pb2.Click(
+            click_id=click_id,
+            workspace_id=workspace_id,
+            # The stubs do not declare the dict form protobuf accepts for message fields.
+            click_time={"seconds": seconds, "nanos": nanos},  # type: ignore[arg-type]
+            link_id=link_id,
+            short_url=short_url,
+            destination_url=destination_url,
+            utm_parameters=utm,
+            identifiers={  # type: ignore[arg-type]  # (the dict form, as above)
+                "email": email,
+                "phone_number": phone,
+                "external_id": external_id,
+                "kx": kx,
+            },
+            user_agent=user_agent,
+            referrer=referrer,
+        )
+        return Extracted(click, invalid)
+
+    def serialize(
+        self,
+        record: Any,
+        mapping: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> tuple[bytes, list[str]]:
+        """``extract(record).click.SerializeToString()`` and the invalid identifier kinds.
+
+        The spool's path: the same fields, written as protobuf bytes directly (``_wire.py``)
+        rather than through a message object. Raises :class:`Skip` like :meth:`extract`.
+        """
+        fields, invalid = self._fields(record, mapping, now)
+        return self._encoder.click(*fields), invalid
+
+    def _fields(
+        self, record: Any, mapping: Mapping[str, str] | None, now: float | None
+    ) -> tuple[_ClickFields, list[str]]:
+        """The click's field values in ``_wire.click``'s order, and the invalid identifiers."""
         if not isinstance(record, dict):
             raise Skip("not_an_object", "a click record must be a JSON object")
         if mapping:
@@ -258,7 +358,7 @@ class Extractor:
                 self._mapping_source = mapping
             mapping = self._mapping
         else:
-            mapping = {}
+            mapping = _NO_MAPPING
         now = time.time() if now is None else now
         config = self._config
 
@@ -310,15 +410,18 @@ class Extractor:
             self._normalize_external_id,
             invalid,
         )
-        kx_params = (config.kx_parameter,) if config.kx_parameter else ()
-        kx = self._identifier(record, mapping, "kx", query, kx_params, self._normalize_kx, invalid)
+        kx = self._identifier(
+            record, mapping, "kx", query, self._kx_params, self._normalize_kx, invalid
+        )
         if not (email or phone or external_id or kx) and not config.forward_anonymous:
             raise Skip("anonymous")
 
-        utm: dict[str, str] = {}
-        for key, value in query.items():
-            if key.startswith("utm_") and key not in self._identifier_params:
-                utm[key] = value
+        identifier_params = self._identifier_params
+        utm = {
+            key: value
+            for key, value in query.items()
+            if key.startswith("utm_") and key not in identifier_params
+        }
         given_utm = (
             _get_path(record, mapping["utm_parameters"])
             if mapping
@@ -338,27 +441,22 @@ class Extractor:
             # A cut URL would be misleading; the referrer is only context.
             referrer = ""
         whole = int(click_time)
-        # Sub-messages given as dicts: upb builds them in C, ~2x faster than setting
-        # `click.click_time.seconds` and friends through their Python wrappers.
-        click = forwarder_pb2.Click(
-            click_id=click_id,
-            workspace_id=workspace_id,
-            # The stubs do not declare the dict form protobuf accepts for message fields.
-            click_time={"seconds": whole, "nanos": int((click_time - whole) * 1e9)},  # type: ignore[arg-type]
-            link_id=_text(record, "link_id", mapping),
-            short_url=short_url,
-            destination_url=destination_url,
-            utm_parameters=utm,
-            identifiers={  # type: ignore[arg-type]  # (the dict form, as above)
-                "email": email,
-                "phone_number": phone,
-                "external_id": external_id,
-                "kx": kx,
-            },
-            user_agent=_truncate_utf8(_text(record, "user_agent", mapping), MAX_USER_AGENT_BYTES),
-            referrer=referrer,
-        )
-        return Extracted(click, invalid)
+        return (
+            click_id,
+            workspace_id,
+            whole,
+            int((click_time - whole) * 1e9),
+            _text(record, "link_id", mapping),
+            short_url,
+            destination_url,
+            utm,
+            email,
+            phone,
+            external_id,
+            kx,
+            _truncate_utf8(_text(record, "user_agent", mapping), MAX_USER_AGENT_BYTES),
+            referrer,
+        ), invalid
 
     @staticmethod
     def _normalize_external_id(value: str) -> str:

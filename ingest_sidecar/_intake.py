@@ -41,17 +41,18 @@ class Intake:
     ) -> list[bytes]:
         """Serialized clicks for ``records``; the others are counted in ``skipped``."""
         out: list[bytes] = []
+        serialize = self._extractor.serialize
         for record in records:
             try:
-                extracted = self._extractor.extract(record, mapping)
+                payload, invalid = serialize(record, mapping)
             except Skip as exc:
                 self.skip(source, exc.reason, exc.detail)
                 if skipped is not None:
                     skipped[exc.reason] += 1
                 continue
-            for kind in extracted.invalid_identifiers:
+            for kind in invalid:
                 self._metrics.invalid_identifiers.labels(kind).inc()
-            out.append(extracted.click.SerializeToString())
+            out.append(payload)
         return out
 
     def parse_lines(

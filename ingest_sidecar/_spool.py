@@ -282,7 +282,15 @@ class Spool:
             return
         if self._closed:
             raise SpoolClosed
-        data = b"".join(frame(p) for p in payloads)
+        # One buffer, one write: each frame's header and payload joined once, not copied twice.
+        parts: list[bytes] = []
+        pack = HEADER.pack
+        crc32 = zlib.crc32
+        for payload in payloads:
+            parts.append(pack(len(payload), crc32(payload)))
+            parts.append(payload)
+        data = b"".join(parts)
+        del parts
         if len(data) > self._config.max_bytes - self._config.segment_bytes:
             raise SpoolFull("larger than the spool")
         if not self._has_room(len(data)):

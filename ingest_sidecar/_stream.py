@@ -28,7 +28,7 @@ import structlog
 from elido.forwarder.v1 import forwarder_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from . import _tracing
+from . import _tracing, _wire
 from ._config import StreamConfig
 from ._metrics import Metrics
 from ._ratelimit import LogLimiter
@@ -43,23 +43,9 @@ _DISPOSITIONS: Final = {
 }
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def encode_request(batch_id: int, clicks: list[bytes]) -> bytes:
     """The wire form of ``StreamClicksRequest(batch_id, clicks)`` from serialized clicks."""
-    parts = [b"\x08", _varint(batch_id)]
-    for click in clicks:
-        parts.append(b"\x12")
-        parts.append(_varint(len(click)))
-        parts.append(click)
-    return b"".join(parts)
+    return _wire.stream_request(batch_id, clicks)
 
 
 # grpc-stubs does not declare the end-of-stream sentinel.

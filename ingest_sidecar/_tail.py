@@ -246,27 +246,37 @@ class Tailer:
         if not data:
             return False
         max_line = self._config.max_line_bytes
-        consumed = 0
         lines: list[bytes] = []
         skipped: Counter[str] = Counter()
-        while consumed < len(data):
-            newline = data.find(b"\n", consumed)
-            if newline < 0:
-                if len(data) - consumed > max_line and not state.skipping:
-                    self._intake.skip(SOURCE, "line_too_long")
-                    state.skipping = True
-                if state.skipping:
-                    consumed = len(data)
-                break
-            line = data[consumed:newline]
-            consumed = newline + 1
+        last = data.rfind(b"\n")
+        if last >= 0:
+            # Every complete line of the read at once; the few over the limit taken out after.
+            consumed = last + 1
+            chunk = data[:last]
+            lines = chunk.split(b"\n")
             if state.skipping:
+                # The end of a line already found too long.
                 state.skipping = False
-                continue
-            if len(line) > max_line:
-                self._intake.skip(SOURCE, "line_too_long")
-                continue
-            lines.append(line)
+                del lines[0]
+            if lines and max(map(len, lines)) > max_line:
+                kept = []
+                for line in lines:
+                    if len(line) > max_line:
+                        self._intake.skip(SOURCE, "line_too_long")
+                    else:
+                        kept.append(line)
+                lines = kept
+            if b"\r" in chunk:
+                lines = [line.rstrip(b"\r") for line in lines]
+            del chunk
+        else:
+            consumed = 0
+        if len(data) - consumed > max_line and not state.skipping:
+            # An incomplete line already too long: skipped up to its newline.
+            self._intake.skip(SOURCE, "line_too_long")
+            state.skipping = True
+        if state.skipping:
+            consumed = len(data)
         if consumed == 0:
             return False
         state.offset += consumed
@@ -276,7 +286,7 @@ class Tailer:
         return True
 
     async def _spool_lines(self, lines: list[bytes], skipped: Counter[str]) -> None:
-        records = self._intake.parse_lines(SOURCE, [line.rstrip(b"\r") for line in lines], skipped)
+        records = self._intake.parse_lines(SOURCE, lines, skipped)
         del lines
         payloads = self._intake.prepare(SOURCE, records, self._config.fields, skipped)
         # Not held while the append waits for its fsync (up to MAX_PENDING chunks do).
@@ -288,5 +298,5 @@ class Tailer:
         """A rotated file's last line may lack its newline: take it as a line."""
         data = os.pread(state.fd, self._config.max_line_bytes + 1, state.offset)
         if data and not state.skipping and len(data) <= self._config.max_line_bytes:
-            await self._spool_lines([data], Counter())
+            await self._spool_lines([data.rstrip(b"\r")], Counter())
             state.offset += len(data)
