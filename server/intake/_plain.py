@@ -1,7 +1,8 @@
 """The fast path of batch validation: ordinary clicks proven valid a column at a time.
 
 Nearly every click a proxy or the sidecar sends is ordinary: a workspace id, a click id, a
-time, http(s) URLs, a user agent, perhaps a referrer, a link id and an ASCII email. Checked
+time, http(s) URLs, a user agent, perhaps a referrer, a link id, the ``utm_*`` parameters
+(the sidecar copies them from the destination URL) and an ASCII email. Checked
 one by one, field by field, those cost several microseconds a click in Python calls alone.
 Here each field of the batch is read once into a column, and a column is checked in C: one
 regex over its values joined by a separator the pattern refuses (and the separator counted,
@@ -18,14 +19,14 @@ accept alike.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import Final
 
 from elido.forwarder.v1 import forwarder_pb2 as pb
 
-from elido_common.syntax import EMAIL_PATTERN, EVENT_ID, WORKSPACE_ID
-from server.intake._identifiers import identifier_parameters, url_identifiers
+from elido_common.syntax import EMAIL_PATTERN, EVENT_ID, UTM_KEY_PATTERN, WORKSPACE_ID
+from server.intake._identifiers import identifier_parameters, identifiers_from_url
 from server.store._records import Identifiers, IntegrationSettings, NewClick
 
 SettingsLookup = Callable[[str], IntegrationSettings | None]
@@ -40,6 +41,8 @@ MAX_USER_AGENT: Final = 1024
 MAX_REFERRER: Final = 2048
 MAX_LINK_ID: Final = 256
 MAX_EMAIL: Final = 254
+MAX_UTM: Final = 32
+MAX_UTM_VALUE: Final = 1024  # characters
 
 CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 # Sufficient conditions for a valid URL: an http(s) scheme, a host without brackets,
@@ -56,7 +59,9 @@ def _joined(pattern: str) -> re.Pattern[str]:
 _URLS: Final = _joined(PLAIN_URL)
 _EVENT_IDS: Final = _joined(EVENT_ID.pattern)
 _EMAILS: Final = _joined(EMAIL_PATTERN.pattern)
+_UTM_KEYS: Final = _joined(UTM_KEY_PATTERN.pattern)
 _ONE_URL: Final = re.compile(PLAIN_URL)
+_KX_PARAMETER: Final = identifier_parameters(())
 
 
 def _all_match(joined: re.Pattern[str], values: Sequence[str]) -> bool:
@@ -150,13 +155,37 @@ def _positions(clicks: Sequence[pb.Click], now: float, cols: _Columns) -> None:
     ):
         if any(other):
             out.update(i for i, v in enumerate(other) if v)
-    if any(map(len, (c.utm_parameters for c in clicks))):
-        out.update(i for i, c in enumerate(clicks) if c.utm_parameters)
+    _utm_positions(clicks, out)
     emails = cols.emails = [ids.email for ids in identifiers]
     cols.lengths(emails, MAX_EMAIL)  # ASCII, so bytes are characters
     if not "".join(emails).isascii():
         out.update(i for i, e in enumerate(emails) if not e.isascii())
     cols.pattern(emails, _EMAILS, EMAIL_PATTERN)
+
+
+def _utm_positions(clicks: Sequence[pb.Click], out: set[int]) -> None:
+    maps = [c.utm_parameters for c in clicks]
+    if not any(maps):
+        return
+    # A map iterates its keys in C; its items() would be Python code, entry by entry.
+    keys = [key for m in maps for key in m]
+    values = [m[key] for m in maps for key in m]
+    if (
+        max(map(len, maps)) > MAX_UTM
+        or not _all_match(_UTM_KEYS, keys)
+        or max(map(len, values)) > MAX_UTM_VALUE
+        or CONTROL.search("".join(values)) is not None
+    ):
+        out.update(i for i, m in enumerate(maps) if m and not _plain_utm(m))
+
+
+def _plain_utm(utm: Mapping[str, str]) -> bool:
+    return len(utm) <= MAX_UTM and all(
+        UTM_KEY_PATTERN.fullmatch(key) is not None
+        and len(value) <= MAX_UTM_VALUE
+        and CONTROL.search(value) is None
+        for key, value in utm.items()
+    )
 
 
 def plain_clicks(
@@ -166,10 +195,11 @@ def plain_clicks(
 
     Such a click has: a well-formed workspace and click id; a click time from 2000 to a year
     ahead; absolute http(s) URLs within limits; a link id, user agent and referrer within
-    limits and free of control characters; as identifiers at most an ASCII email; no UTM
-    map. Everything else (phone numbers, external ids, exchange ids, UTM maps, unicode
-    emails, anything wrong) is left to the detailed checks. The caller has already dropped
-    unknown fields: the payload is the click as serialized here.
+    limits and free of control characters; as identifiers at most an ASCII email; a UTM map
+    of at most :data:`MAX_UTM` well-formed ``utm_*`` keys with values within limits and free
+    of control characters. Everything else (phone numbers, external ids, exchange ids,
+    unicode emails, anything wrong) is left to the detailed checks. The caller has already
+    dropped unknown fields: the payload is the click as serialized here.
     """
     if not clicks:
         return {}
@@ -221,7 +251,7 @@ def plain_click(click: pb.Click, now: float, settings_for: SettingsLookup) -> Ne
         or ids.phone_number
         or ids.external_id
         or ids.kx
-        or click.utm_parameters
+        or (click.utm_parameters and not _plain_utm(click.utm_parameters))
         or (
             email
             and not (
@@ -255,11 +285,18 @@ def _add_url_identifiers(
             by_workspace.setdefault(click.workspace_id, []).append(i)
     for workspace_id, positions in by_workspace.items():
         settings = settings_for(workspace_id) or _DEFAULTS
-        # One search over the workspace's URLs joined: most carry no identifier parameter.
-        joined = _SEPARATOR.join(destinations[i] for i in positions)
-        if identifier_parameters(settings.email_parameters).search(joined) is None:
-            continue
-        for i in positions:
-            found = url_identifiers(destinations[i], settings)
-            if found is not None:
-                taken[i].identifiers = taken[i].identifiers.merged_over(found)
+        # A click that names its email (the sidecar copies it from the URL) can take only
+        # `_kx` from the URL: the field wins over the URL's email parameters.
+        named = [i for i in positions if taken[i].identifiers.email]
+        unnamed = [i for i in positions if not taken[i].identifiers.email] if named else positions
+        for group, pattern in (
+            (unnamed, identifier_parameters(settings.email_parameters)),
+            (named, _KX_PARAMETER),
+        ):
+            # One search over the group's URLs joined: most carry no such parameter.
+            if not group or pattern.search(_SEPARATOR.join(destinations[i] for i in group)) is None:
+                continue
+            for i in group:
+                if pattern.search(destinations[i]) is not None:
+                    found = identifiers_from_url(destinations[i], settings.email_parameters)
+                    taken[i].identifiers = taken[i].identifiers.merged_over(found)

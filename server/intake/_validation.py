@@ -46,6 +46,8 @@ from server.intake._plain import (
     MAX_REFERRER,
     MAX_URL,
     MAX_USER_AGENT,
+    MAX_UTM,
+    MAX_UTM_VALUE,
     MIN_TIME,
     SettingsLookup,
     fits,
@@ -54,8 +56,6 @@ from server.intake._plain import (
 from server.store._records import Identifiers, IntegrationSettings, NewClick, NewConversion
 
 CURRENCY: Final = re.compile(r"[A-Z]{3}")
-MAX_UTM: Final = 32
-MAX_UTM_VALUE: Final = 1024
 MAX_PROPERTIES: Final = 290  # Klaviyo's 300, less the properties the forwarder adds itself.
 MAX_STRING_BYTES: Final = 100_000
 MAX_ARRAY: Final = 4000

@@ -56,6 +56,23 @@ _emails = st.one_of(
 )
 
 
+_utm_keys = st.one_of(
+    st.from_regex(r"utm_[a-z0-9_]{1,40}", fullmatch=True),
+    st.sampled_from(["utm_", "UTM_SOURCE", "utm_a\nutm_b", "utm_" + "a" * 41, "source", "utm_é"]),
+    st.text(max_size=10),
+)
+_utm_values = st.one_of(
+    st.text(max_size=20), _tricky, st.sampled_from(["v" * 1024, "v" * 1025, "é" * 1024])
+)
+_odd_utm = st.one_of(
+    st.dictionaries(_utm_keys, _utm_values, min_size=1, max_size=4),
+    st.builds(lambda value: {"utm_source": value}, _utm_values),
+    st.builds(lambda key: {key: "klaviyo"}, _utm_keys),
+    st.just({f"utm_k{i}": "v" for i in range(33)}),
+    st.just({f"utm_k{i}": "v" for i in range(32)}),
+)
+
+
 _FIELDS = (
     "workspace_id", "click_id", "destination_url", "short_url", "link_id", "user_agent",
     "referrer", "click_time", "seconds", "nanos", "email", "phone_number", "kx", "utm",
@@ -95,8 +112,11 @@ def _clicks(draw: st.DrawFn) -> pb.Click:
         click.identifiers.phone_number = draw(st.sampled_from(["+14155550100", "12"]))
     if "kx" in odd:
         click.identifiers.kx = draw(st.sampled_from(["abc.DEF123", "bad"]))
+    # The sidecar copies every utm_* parameter of the destination URL into the map.
     if "utm" in odd:
-        click.utm_parameters["utm_source"] = draw(_tricky)
+        click.utm_parameters.update(draw(_odd_utm))
+    elif draw(st.booleans()):
+        click.utm_parameters.update({"utm_source": "klaviyo", "utm_campaign": f"c{n % 7}"})
     return click
 
 
@@ -147,6 +167,7 @@ def test_ordinary_clicks_are_taken_by_the_fast_path_and_odd_ones_left_alone() ->
             destination_url=f"https://shop.example/p/{n}?utm_source=klaviyo",
             link_id="lnk",
             user_agent="Mozilla/5.0",
+            utm_parameters={"utm_source": "klaviyo"},
         )
         click.click_time.seconds = int(now) - 5
         click.identifiers.email = f"user{n}@example.com"
@@ -155,10 +176,12 @@ def test_ordinary_clicks_are_taken_by_the_fast_path_and_odd_ones_left_alone() ->
     clicks[9].click_id = "bad id"
     clicks[11].user_agent = "tab\there"
     clicks[13].destination_url = "https://shop.example/p?email=ann%40example.com"
+    clicks[17].utm_parameters["utm_Campaign"] = "bf"
+    clicks[19].utm_parameters["utm_term"] = "a\x00b"
 
     taken = plain_clicks(clicks, now, _settings)
 
-    assert sorted(set(range(50)) - set(taken)) == [7, 9, 11]
+    assert sorted(set(range(50)) - set(taken)) == [7, 9, 11, 17, 19]
     assert taken[13].identifiers.email == "user13@example.com"  # the field wins over the URL
     assert taken[0].identifiers.email == "user0@example.com"
     clicks[13].identifiers.email = ""
@@ -172,6 +195,7 @@ def _ordinary(n: int) -> pb.Click:
         destination_url=f"https://shop.example/p/{n}",
         short_url="https://s.example/x",
         user_agent="Mozilla/5.0",
+        utm_parameters={"utm_source": "klaviyo"},
     )
     click.click_time.seconds = int(NOW) - 5
     click.identifiers.email = f"u{n}@example.com"
@@ -185,11 +209,15 @@ def test_a_value_holding_the_separator_is_not_taken_for_two_valid_values() -> No
         "destination_url": "https://a.example/\nhttps://b.example/",
         "short_url": "https://a.example/\nhttps://b.example/",
         "email": "a@example.com\nb@example.com",
+        "utm_parameters": "utm_a\nutm_b",
     }
     for field, value in odd.items():
         clicks = [_ordinary(n) for n in range(3)]
         target = clicks[1].identifiers if field == "email" else clicks[1]
-        setattr(target, field, value)
+        if field == "utm_parameters":
+            clicks[1].utm_parameters[value] = "x"
+        else:
+            setattr(target, field, value)
         taken = plain_clicks(clicks, NOW, _settings)
         assert sorted(taken) == [0, 2], field
         assert isinstance(_detailed(clicks[1], "clicks[1]"), list), field
