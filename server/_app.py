@@ -22,6 +22,7 @@ from server._interceptors import (
     AuthInterceptor,
     ObservabilityInterceptor,
     StreamLimitInterceptor,
+    grpc_receive_limit,
 )
 from server._metrics import (
     ACTIVE_LEASES,
@@ -107,12 +108,13 @@ class Forwarder:
         server = grpc.aio.server(
             interceptors=[
                 *tracing.server_interceptors(),
-                ObservabilityInterceptor(),
+                ObservabilityInterceptor(limit),
                 AuthInterceptor(tokens),
                 StreamLimitInterceptor(cfg.max_streams_per_caller, cfg.stream_idle_timeout_s),
             ],
             options=[
-                ("grpc.max_receive_message_length", limit),
+                # Above the limit: the interceptor refuses with details, logs and counts.
+                ("grpc.max_receive_message_length", grpc_receive_limit(limit)),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
                 # Ping silent connections; one whose peer does not answer within 20 s is closed
