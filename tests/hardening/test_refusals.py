@@ -63,7 +63,8 @@ def test_an_oversized_unary_call_is_logged_and_counted(small: tuple[ForwarderPro
         fwd.stub().ForwardClick(pb.ForwardClickRequest(click=big), metadata=fwd.ingest())
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     info = reason(caught.value)
-    assert info is not None and info.reason == "MESSAGE_TOO_LARGE"
+    assert info is not None
+    assert info.reason == "MESSAGE_TOO_LARGE"
     assert info.metadata["limit"] == "20000"
     assert finished(fwd, "ForwardClick") == ["RESOURCE_EXHAUSTED"]
     assert count(url, "ForwardClick", "RESOURCE_EXHAUSTED") == 1
