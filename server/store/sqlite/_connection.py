@@ -19,15 +19,16 @@ _log = structlog.get_logger(__name__)
 NOW: Final = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
-def connect(config: SqliteConfig) -> sqlite3.Connection:
-    """A connection with the store's pragmas (WAL, durability, busy timeout, bounded cache)."""
+def connect(config: SqliteConfig, cache_kib: int = 32_000) -> sqlite3.Connection:
+    """A connection with the store's pragmas (WAL, durability, busy timeout, bounded cache:
+    ``cache_kib``, whatever the backlog)."""
     config.path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(config.path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={config.synchronous}")
     conn.execute(f"PRAGMA busy_timeout={int(config.busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA cache_size=-32000")  # 32 MB: bounded, whatever the backlog.
+    conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
     # Deleted and overwritten rows are zeroed in the file, on every connection (intake
     # workers' too): a delivered, pruned or erased event leaves no identifier in free space.
     # Erasure then checkpoints the WAL (TRUNCATE) so that no older page image survives.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import Final
 
 from server.store._codec import settings_from_json
 from server.store._config import SqliteConfig
@@ -13,6 +14,12 @@ from server.store._settings import SettingsCache
 from server.store.sqlite._connection import WriteLock, connect
 from server.store.sqlite._intake import insert_clicks, integrations_of, prepare_clicks
 
+# An intake worker only inserts: it touches the right edges of the tables and indexes and
+# the paths down to them, which a few MB hold. The server's connection, which also reads
+# for delivery, keeps the larger default; every worker's cache counts against the
+# forwarder's memory budget.
+_CACHE_KIB: Final = 8_000
+
 
 class SqliteClickWriter:
     """Commits click batches on a connection of its own (an intake worker process)."""
@@ -20,7 +27,7 @@ class SqliteClickWriter:
     def __init__(self, config: SqliteConfig) -> None:
         self._config = config
         try:
-            self._conn = connect(config)
+            self._conn = connect(config, _CACHE_KIB)
             self._settings = SettingsCache()
             for ws, text in self._conn.execute("SELECT workspace_id, settings FROM integrations"):
                 self._settings.set(ws, settings_from_json(text))
