@@ -105,11 +105,6 @@ def make_private_dir(directory: Path) -> None:
         )
 
 
-def frame(payload: bytes) -> bytes:
-    """``payload`` framed for a segment file."""
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
 def _scan(path: Path) -> tuple[int, int]:
     """(valid byte length, record count) of a segment file: frames up to the first bad one."""
     count = 0
