@@ -307,31 +307,28 @@ def run_store(
         results[f"{store}_ceiling_{batch}"] = ceiling
         print(f"  {'forwarder / storage ceiling':<52} {fwd / ceiling:>12.1%}")
         print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop[f'stream_{batch}']:>12.1%}")
-    expected = len(args.batches) * args.clicks + args.unary_calls
-    if not args.unary_calls:
-        print(f"  outbox rows after the runs: {outbox_rows:,} (expected {expected:,})")
-        results[f"{store}_outbox_rows"] = outbox_rows
-        return results
-    print(f"{store}: ForwardClick, 64 in flight, {args.unary_calls:,} calls per run")
-    with fresh.started() as (forwarder, md):
-        assert forwarder.process is not None
-        pid = forwarder.process.pid
-        fwd = results[f"{store}_unary"] = cpu_per_click(
-            "  its CPU per call (server and intake workers)",
-            pid,
-            len(unary),
-            lambda: measure(
-                "forwarder (durable commit)",
-                profiled(
-                    args,
-                    pid,
-                    f"{store}-unary",
-                    lambda: asyncio.run(unary_rate(forwarder.target, md, unary)),
+    if args.unary_calls:
+        print(f"{store}: ForwardClick, 64 in flight, {args.unary_calls:,} calls per run")
+        with fresh.started() as (forwarder, md):
+            assert forwarder.process is not None
+            pid = forwarder.process.pid
+            fwd = results[f"{store}_unary"] = cpu_per_click(
+                "  its CPU per call (server and intake workers)",
+                pid,
+                len(unary),
+                lambda: measure(
+                    "forwarder (durable commit)",
+                    profiled(
+                        args,
+                        pid,
+                        f"{store}-unary",
+                        lambda: asyncio.run(unary_rate(forwarder.target, md, unary)),
+                    ),
                 ),
-            ),
-        )
-        outbox_rows += forwarder.database.value("SELECT count(*) FROM outbox")
-    print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop['unary']:>12.1%}")
+            )
+            outbox_rows += forwarder.database.value("SELECT count(*) FROM outbox")
+        print(f"  {'forwarder / no-op gRPC ceiling':<52} {fwd / noop['unary']:>12.1%}")
+    expected = len(args.batches) * args.clicks + args.unary_calls
     print(f"  outbox rows after the runs: {outbox_rows:,} (expected {expected:,})")
     results[f"{store}_outbox_rows"] = outbox_rows
     return results

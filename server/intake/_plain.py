@@ -288,7 +288,7 @@ def _add_url_identifiers(
         # A click that names its email (the sidecar copies it from the URL) can take only
         # `_kx` from the URL: the field wins over the URL's email parameters.
         named = [i for i in positions if taken[i].identifiers.email]
-        unnamed = [i for i in positions if not taken[i].identifiers.email] if named else positions
+        unnamed = [i for i in positions if not taken[i].identifiers.email]
         for group, pattern in (
             (unnamed, identifier_parameters(settings.email_parameters)),
             (named, _KX_PARAMETER),

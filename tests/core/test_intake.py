@@ -37,16 +37,24 @@ def click(ws: str, click_id: str, email: str = "jane@example.com", **fields: obj
     return c
 
 
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The error's ``google.rpc.ErrorInfo`` detail, if it carries one."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status details"
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    return None
+
+
 def details(error: grpc.RpcError) -> tuple[str, list[tuple[str, str]]]:
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     assert status is not None, "no google.rpc.Status details"
-    reason, violations = "", []
+    info = error_info(error)
+    reason, violations = info.reason if info is not None else "", []
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violations = [(v.field, v.description) for v in bad.field_violations]

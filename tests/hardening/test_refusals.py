@@ -10,6 +10,7 @@ from elido.forwarder.v1 import forwarder_pb2 as pb
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from tests.core.test_intake import error_info
 from tests.hardening._support import free_port, log_lines, metric
 from tests.support.calls import make_click, new_key, register, wait_for
 from tests.support.forwarder import ForwarderProcess
@@ -46,13 +47,12 @@ def count(url: str, method: str, code: str) -> float:
     return metric(url, "forwarder_rpc_duration_seconds_count", method=method, code=code)
 
 
-def reason(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status is not None else ():
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    return None
+def serves_an_ordinary_click(fwd: ForwarderProcess, ws: str) -> None:
+    register(fwd, ws, new_key())
+    ok = fwd.stub().ForwardClick(
+        pb.ForwardClickRequest(click=make_click(ws, "ok", email="a@b.co")), metadata=fwd.ingest()
+    )
+    assert ok.disposition == pb.CLICK_DISPOSITION_QUEUED
 
 
 def test_an_oversized_unary_call_is_logged_and_counted(small: tuple[ForwarderProcess, str]) -> None:
@@ -62,18 +62,14 @@ def test_an_oversized_unary_call_is_logged_and_counted(small: tuple[ForwarderPro
     with pytest.raises(grpc.RpcError) as caught:
         fwd.stub().ForwardClick(pb.ForwardClickRequest(click=big), metadata=fwd.ingest())
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    info = reason(caught.value)
+    info = error_info(caught.value)
     assert info is not None
     assert info.reason == "MESSAGE_TOO_LARGE"
     assert info.metadata["limit"] == "20000"
     assert finished(fwd, "ForwardClick") == ["RESOURCE_EXHAUSTED"]
     assert count(url, "ForwardClick", "RESOURCE_EXHAUSTED") == 1
     # The server still serves an ordinary click.
-    register(fwd, ws, new_key())
-    ok = fwd.stub().ForwardClick(
-        pb.ForwardClickRequest(click=make_click(ws, "ok", email="a@b.co")), metadata=fwd.ingest()
-    )
-    assert ok.disposition == pb.CLICK_DISPOSITION_QUEUED
+    serves_an_ordinary_click(fwd, ws)
     assert finished(fwd, "ForwardClick", 2) == ["RESOURCE_EXHAUSTED", "OK"]
 
 
@@ -88,11 +84,7 @@ def test_a_unary_message_over_twice_the_limit_is_refused_by_grpc_alone(
     with pytest.raises(grpc.RpcError) as caught:
         fwd.stub().ForwardClick(pb.ForwardClickRequest(click=huge), metadata=fwd.ingest())
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    register(fwd, ws, new_key())
-    ok = fwd.stub().ForwardClick(
-        pb.ForwardClickRequest(click=make_click(ws, "ok", email="a@b.co")), metadata=fwd.ingest()
-    )
-    assert ok.disposition == pb.CLICK_DISPOSITION_QUEUED
+    serves_an_ordinary_click(fwd, ws)
 
 
 # 30 kB: over the 20 kB limit, refused by the interceptor; 50 kB: over twice the limit,
@@ -160,9 +152,4 @@ def test_a_unary_call_without_a_request_message_ends_at_its_deadline_and_harms_n
     with pytest.raises(grpc.RpcError) as caught:
         call(iter([]), metadata=fwd.ingest(), timeout=1.0)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    ws = new_workspace_id()
-    register(fwd, ws, new_key())
-    ok = fwd.stub().ForwardClick(
-        pb.ForwardClickRequest(click=make_click(ws, "ok", email="a@b.co")), metadata=fwd.ingest()
-    )
-    assert ok.disposition == pb.CLICK_DISPOSITION_QUEUED
+    serves_an_ordinary_click(fwd, new_workspace_id())

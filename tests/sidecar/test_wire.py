@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest_sidecar import ExtractConfig, Extractor, Skip
-from ingest_sidecar._extract import _unquote
+from ingest_sidecar._extract import RECORD_FIELDS, _unquote
 from ingest_sidecar._stream import encode_request
 from ingest_sidecar._wire import ClickEncoder, varint
 from tests.sidecar.helpers import click_record
@@ -274,22 +274,8 @@ def records(draw: Any) -> dict[str, Any]:
     )
     overrides: dict[str, Any] = draw(
         st.dictionaries(
-            st.sampled_from(
-                [
-                    "click_id",
-                    "workspace_id",
-                    "link_id",
-                    "short_url",
-                    "click_time",
-                    "user_agent",
-                    "referrer",
-                    "email",
-                    "phone_number",
-                    "external_id",
-                    "kx",
-                    "utm_parameters",
-                ]
-            ),
+            # Every field but the URL drawn above.
+            st.sampled_from([f for f in RECORD_FIELDS if f != "destination_url"]),
             st.one_of(
                 st.none(),
                 _value,
